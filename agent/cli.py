@@ -1,0 +1,134 @@
+"""The ``wan-agent`` command: run, resume, generate, journal.
+
+stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
+stderr. Exit status: 0 done, 1 the run or generation failed, 2 bad input (the message says which
+field and what is allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent import hardware, playbook, runs
+from agent.sources import SourceError
+
+logger = logging.getLogger("wan-agent")
+
+
+def pick_playbook(info: dict) -> str:
+    """The playbook for this hardware: the tiny synthetic model without a GPU, a full-size one with."""
+    if info["gpus"] and playbook.find("a14b").exists():
+        return "a14b"
+    return "tiny"
+
+
+def _runs_dir(args) -> Path:
+    return Path(args.runs_dir).resolve()
+
+
+def cmd_run(args) -> int:
+    info = hardware.probe()
+    name = pick_playbook(info) if args.playbook == "auto" else args.playbook
+    book = runs.with_prompt(playbook.load(name), args.prompt)
+    runs_dir = _runs_dir(args)
+    if args.reuse:
+        found = runs.find_converged(runs_dir, book.name, info["fingerprint"], book.workload.model_dump())
+        if found:
+            logger.info("reusing converged run %s (same playbook and hardware); pass --rebench to search again", found)
+            print(found)
+            return 0
+    run_id = runs.start(book, runs_dir)
+    logger.info("run %s started in %s (resume with: wan-agent resume %s)", run_id, runs_dir / run_id, run_id)
+    print(run_id, flush=True)
+    return _finish(runs.drive(run_id, runs_dir), runs_dir / run_id)
+
+
+def cmd_resume(args) -> int:
+    runs_dir = _runs_dir(args)
+    return _finish(runs.drive(args.run_id, runs_dir), runs_dir / args.run_id)
+
+
+def _finish(state: dict, run_dir: Path) -> int:
+    logger.info("journal: %s", run_dir / "journal.md")
+    if state.get("status") == "converged":
+        logger.info("best configuration: %s", run_dir / "best.yaml")
+        return 0
+    return 1
+
+
+def cmd_generate(args) -> int:
+    runs_dir = _runs_dir(args)
+    run_id = runs.latest_converged(runs_dir) if args.run == "latest" else args.run
+    print(runs.generate(run_id, runs_dir, args.prompt))
+    return 0
+
+
+def cmd_journal(args) -> int:
+    path = _runs_dir(args) / args.run_id / "journal.md"
+    if not path.exists():
+        raise runs.RunError(f"no journal at {path}")
+    sys.stdout.write(path.read_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wan-agent", description="Deploy and benchmark Wan2.2; converge on the fastest good configuration."
+    )
+    p.add_argument("--runs-dir", default=os.environ.get("WAN_AGENT_RUNS", "runs"), help="where runs live (default: ./runs)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a run; prints its id")
+    run.add_argument("--playbook", default="auto", help="name in playbooks/, a path, or 'auto' to pick for this hardware")
+    run.add_argument("--prompt", help="the prompt trials generate (default: the playbook's)")
+    run.add_argument(
+        "--reuse",
+        action="store_true",
+        help="print the id of a converged run for this playbook and hardware instead of searching again",
+    )
+    run.set_defaults(func=cmd_run)
+    resume = sub.add_parser("resume", help="continue a run that stopped")
+    resume.add_argument("run_id")
+    resume.set_defaults(func=cmd_resume)
+    gen = sub.add_parser("generate", help="generate a prompt with a run's best configuration; prints the video path")
+    gen.add_argument("--run", default="latest", help="run id (default: the newest converged run)")
+    gen.add_argument("--prompt", required=True)
+    gen.set_defaults(func=cmd_generate)
+    journal = sub.add_parser("journal", help="print a run's journal.md")
+    journal.add_argument("run_id")
+    journal.set_defaults(func=cmd_journal)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "diffusers", "transformers", "libtmux"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (playbook.PlaybookError, runs.RunError, SourceError) as err:
+        print(f"wan-agent: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        print(f"wan-agent: invalid input: {problems}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wan-agent: interrupted; `wan-agent resume RUN_ID` continues the run", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

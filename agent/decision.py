@@ -1,0 +1,48 @@
+"""Whether a trial is kept: it must work, pass the quality gate, and beat the best beyond the noise."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected"]
+
+
+def failure_reason(outcome: dict) -> str | None:
+    """Why the trial produced no usable measurement, or None if it did."""
+    session, result = outcome["session"], outcome.get("result") or {}
+    if session["outcome"] == "timeout":
+        return f"timed out after {session['wall_s']:.0f} s and was killed"
+    if session["outcome"] == "idle":
+        return f"printed nothing past the idle timeout and was killed after {session['wall_s']:.0f} s"
+    if session["outcome"] == "lost":
+        return "its tmux session vanished without an exit code (tmux server or machine died)"
+    if session["exit_code"] != 0 or result.get("status") != "ok":
+        error = result.get("error") or {}
+        detail = f"{error.get('type')}: {error.get('message')}" if error else "no result.json; see stdout.log"
+        return f"worker exited with status {session['exit_code']}: {detail}"
+    return None
+
+
+def judge(outcome: dict, best: dict | None, min_gain: float) -> tuple[Verdict, str]:
+    """Decide on a finished trial. ``best`` is the current best trial's record (None before the baseline)."""
+    failed = failure_reason(outcome)
+    if failed:
+        return "failed", failed
+    result = outcome["result"]
+    if not result["quality"]["passed"]:
+        return "rejected", "output is broken, not slow: " + "; ".join(result["quality"]["reasons"])
+    time_s, spread_s = result["summary"]["generate_s"], result["summary"]["spread_s"]
+    if best is None:
+        return "baseline", f"the reference for every rung: {time_s:.3f} s per clip (spread {spread_s:.3f} s)"
+    best_s = best["generate_s"]
+    needed = max(spread_s, best["spread_s"], min_gain * best_s)
+    gain = best_s - time_s
+    if gain > needed:
+        return (
+            "kept",
+            f"{best_s / time_s:.2f}x faster than the best ({time_s:.3f} s vs {best_s:.3f} s; "
+            f"gain {gain:.3f} s > noise/margin {needed:.3f} s)",
+        )
+    return "reverted", (
+        f"not faster beyond the noise: {time_s:.3f} s vs best {best_s:.3f} s (gain {gain:+.3f} s, needed > {needed:.3f} s)"
+    )

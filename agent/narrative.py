@@ -1,0 +1,124 @@
+"""Renders journal.md, the run as a person reads it, from the events in journal.jsonl alone."""
+
+from __future__ import annotations
+
+import json
+import re
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in ``text`` (a prompt may contain them)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _fmt_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
+def _energy(figures: dict) -> str:
+    if "energy_J" in figures:
+        return f"{figures['energy_J']:.1f} J"
+    nvml = (figures.get("telemetry") or {}).get("nvml", "not measured")
+    return "not measured" if nvml == "ok" else "not measured (no NVML)"
+
+
+def _memory(figures: dict) -> str:
+    if "peak_memory_GiB" not in figures:
+        return "n/a"
+    return f"{figures['peak_memory_GiB']:.2f} GiB ({figures['peak_memory_kind']})"
+
+
+def _trial_section(planned: dict, decision: dict | None) -> list[str]:
+    lines = [f"### {planned['trial']}", "", f"**Why.** {planned['hypothesis']}", "", f"**Configuration.** {planned['label']}"]
+    if planned.get("change"):
+        changed = ", ".join(f"`{k}` {old} → {new}" for k, (old, new) in planned["change"].items())
+        lines[-1] += f" (changed: {changed})"
+    lines.append("")
+    if decision is None:
+        return [*lines, "_Running, or interrupted: no decision yet._", ""]
+    if "generate_s" in decision:
+        lines += [
+            f"**Figures.** {_fmt_s(decision['generate_s'])} per clip (median of {decision['repeats']}, spread "
+            f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
+            f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step), VAE decode "
+            f"{_fmt_s(decision['vae_decode_s'])}; load {_fmt_s(decision['stages'].get('load_s'))}; peak memory "
+            f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}.",
+            "",
+            f"**Quality.** {'passed' if decision['quality']['passed'] else 'FAILED'} (pixel std "
+            f"{decision['quality']['std']:.3f}, mean change between frames {decision['quality']['temporal_diff'] or 0:.4f}).",
+            "",
+        ]
+    lines += [f"**Decision: {decision['verdict']}.** {decision['reason']}", ""]
+    if decision.get("log_tail"):
+        fence = _fence(decision["log_tail"])
+        lines += ["Last lines of its log:", "", fence, decision["log_tail"], fence, ""]
+    return lines
+
+
+def _table(decisions: list[dict]) -> list[str]:
+    lines = [
+        "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for d in decisions:
+        speedup = f"{d['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in d else "n/a"
+        kept = {"baseline": "baseline", "kept": "yes"}.get(d["verdict"], f"no ({d['verdict']})")
+        lines.append(
+            f"| {d['name']}: {d.get('label', '')} | {d['knobs']['steps']} | {d.get('frames', '')} | "
+            f"{_fmt_s(d.get('generate_s'))} | {speedup} | {_memory(d)} | {_energy(d)} | {kept} |"
+        )
+    return lines
+
+
+def render_markdown(events: list[dict]) -> str:
+    by_kind: dict[str, list[dict]] = {}
+    for e in events:
+        by_kind.setdefault(e["kind"], []).append(e)
+    first = lambda kind: (by_kind.get(kind) or [{}])[0]  # noqa: E731
+    started = first("run_started")
+    workload = started.get("workload", {})
+    prompt = workload.get("prompt", "")
+    fence = _fence(prompt)
+    lines = [
+        f"# wan-agent run {started.get('run_id', '?')}",
+        "",
+        f"Playbook `{started.get('playbook', '?')}`; hardware: {first('probe').get('summary', 'not probed yet')}.",
+        "",
+        f"Workload: {workload.get('width')}×{workload.get('height')}, {workload.get('frames')} frames, "
+        f"seed {workload.get('seed')}. Prompt:",
+        "",
+        fence,
+        prompt,
+        fence,
+        "",
+        "## Set-up",
+        "",
+    ]
+    if "provision" in by_kind:
+        lines.append("- Environment: " + ", ".join(f"{k} {v}" for k, v in first("provision")["versions"].items()))
+    if "fetch" in by_kind:
+        model = first("fetch")["model"]
+        lines.append(f"- Model: `{model['spec']}` at `{model['path']}`; Lightning LoRA: {'yes' if model['lora'] else 'none'}")
+    if "patch" in by_kind:
+        lines.append(f"- Attention: {first('patch')['attention']['reason']}")
+    lines += ["", "## Trials", ""]
+    decisions = {e["name"]: e for e in by_kind.get("decision", [])}
+    for planned in by_kind.get("trial_planned", []):
+        lines += _trial_section(planned, decisions.get(planned["trial"]))
+        if planned["trial"] in decisions:
+            decisions[planned["trial"]] |= {"label": planned["label"], "frames": workload.get("frames")}
+    for skipped in by_kind.get("rung_skipped", []):
+        lines += [f"- Rung `{skipped['rung']}` skipped: {skipped['reason']}.", ""]
+    lines += ["## Summary", "", *_table(list(decisions.values())), ""]
+    end = first("converged") or first("run_failed")
+    if end:
+        minutes = end["time_to_converge_s"] / 60
+        if end["status"] == "converged":
+            lines.append(
+                f"Converged on **{end['best']}** after {end['trial_count']} trials in {minutes:.1f} min; "
+                f"configuration in `best.yaml`: `{json.dumps(end['knobs'])}`."
+            )
+        else:
+            lines.append(f"The run failed after {end['trial_count']} trials ({minutes:.1f} min): no usable baseline.")
+    return "\n".join(lines) + "\n"

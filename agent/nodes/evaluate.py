@@ -1,0 +1,55 @@
+"""evaluate: judge the finished trial (kept, reverted, failed, rejected) and update the best."""
+
+from __future__ import annotations
+
+import logging
+
+from langgraph.runtime import Runtime
+
+from agent.decision import judge
+from agent.nodes import journal
+from agent.state import AgentState, RunContext
+
+logger = logging.getLogger(__name__)
+
+
+def _figures(outcome: dict) -> dict:
+    """The figures worth keeping from a trial's outcome (absent when not measured)."""
+    result, tele = outcome.get("result") or {}, outcome.get("telemetry") or {}
+    figures: dict = {}
+    if result.get("status") == "ok":
+        summary, memory = result["summary"], result["memory"]
+        figures |= {
+            k: summary[k] for k in ("generate_s", "spread_s", "text_encode_s", "denoise_s", "vae_decode_s", "step_s", "repeats")
+        }
+        figures |= {"stages": result["stages"], "memory": memory, "quality": result["quality"], "device": result["device"]}
+        figures["peak_memory_GiB"] = memory.get("peak_gpu_allocated_GiB", memory["peak_rss_GiB"])
+        figures["peak_memory_kind"] = "GPU allocated" if "peak_gpu_allocated_GiB" in memory else "process RSS"
+    figures["telemetry"] = tele
+    if "energy_J" in tele:
+        figures["energy_J"] = tele["energy_J"]
+    return figures
+
+
+def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    candidate, best = state["candidate"], state.get("best")
+    assert candidate is not None
+    outcome = candidate["outcome"]
+    verdict, reason = judge(outcome, best, state["playbook"]["decision"]["min_gain"])
+    record = {k: candidate[k] for k in ("index", "name", "rung", "hypothesis", "knobs", "dir")}
+    record |= {"verdict": verdict, "reason": reason, "session": outcome["session"], **_figures(outcome)}
+    if "log_tail" in outcome:
+        record["log_tail"] = outcome["log_tail"]
+    baseline = state["trials"][0] if state.get("trials") else record
+    if "generate_s" in record and "generate_s" in baseline:
+        record["speedup_vs_baseline"] = baseline["generate_s"] / record["generate_s"]
+    logger.info("trial %s: %s — %s", candidate["name"], verdict, reason)
+    log = journal(state, runtime)
+    log.record("decision", key=f"decision:{candidate['name']}", **record)
+    log.render()
+    update: dict = {"trials": [*state.get("trials", []), record], "candidate": None}
+    if verdict in ("baseline", "kept"):
+        update["best"] = record
+    elif best is None:  # no baseline, nothing to compare rungs against
+        update |= {"pending": [], "status": "failed"}
+    return update

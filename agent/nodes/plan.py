@@ -1,0 +1,90 @@
+"""plan: pick the next trial (the baseline first, then the next rung on top of the current best) and
+write its trial.json. Rungs that cannot run or change nothing are skipped, with the reason recorded."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from agent import trials
+from agent.nodes import journal, run_dir
+from agent.playbook import Playbook
+from agent.runtime.config import Knobs, LoraFiles, TrialConfig
+from agent.state import AgentState, RunContext
+
+logger = logging.getLogger(__name__)
+
+BASELINE: dict[str, Any] = {
+    "name": "baseline",
+    "set": {},
+    "hypothesis": "The model card's settings, unoptimised: the reference every rung is measured and judged against.",
+}
+
+
+def _skip_reason(knobs: Knobs, best_knobs: dict, model: dict) -> str | None:
+    if knobs.model_dump() == best_knobs:
+        return "changes nothing on top of the current best"
+    if knobs.lightning and not model.get("lora"):
+        return f"needs the Lightning LoRA, and source {model['spec']} has none"
+    return None
+
+
+def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    book = Playbook.model_validate(state["playbook"])
+    done, pending = state.get("trials", []), list(state.get("pending", []))
+    log = journal(state, runtime)
+    best = state.get("best")
+    best_knobs: dict = best["knobs"] if best else {}
+    if not done:
+        rung, knobs = BASELINE, book.baseline
+    else:
+        while True:
+            if not pending:
+                return {"candidate": None, "pending": []}
+            rung = pending.pop(0)
+            knobs = Knobs.model_validate(best_knobs | rung["set"])
+            reason = _skip_reason(knobs, best_knobs, state["model"])
+            if reason is None:
+                break
+            logger.info("rung %s skipped: %s", rung["name"], reason)
+            log.record("rung_skipped", key=f"skipped:{rung['name']}", rung=rung["name"], reason=reason)
+    index = len(done)
+    name = f"{index:02d}-{rung['name']}"
+    trial_dir = run_dir(state, runtime) / "trials" / name
+    model = state["model"]
+    config = TrialConfig(
+        name=name,
+        model_path=model["path"],
+        device=book.device,
+        workload=book.workload,
+        knobs=knobs,
+        lora=LoraFiles(**model["lora"]) if knobs.lightning else None,
+        measurement=book.measurement,
+        output_dir=str(trial_dir),
+    )
+    trials.prepare(trial_dir, config)
+    change = {k: [best_knobs.get(k), v] for k, v in knobs.model_dump().items() if best_knobs.get(k) != v} if done else {}
+    logger.info("trial %s: %s", name, rung["hypothesis"])
+    log.record(
+        "trial_planned",
+        key=f"planned:{name}",
+        trial=name,
+        rung=rung["name"],
+        hypothesis=rung["hypothesis"],
+        knobs=knobs.model_dump(),
+        label=knobs.describe(),
+        change=change,
+    )
+    return {
+        "pending": pending,
+        "candidate": {
+            "index": index,
+            "name": name,
+            "rung": rung["name"],
+            "hypothesis": rung["hypothesis"],
+            "knobs": knobs.model_dump(),
+            "dir": str(trial_dir),
+        },
+    }

@@ -1,0 +1,55 @@
+"""report: the run has converged (or failed); write best.yaml and the final journal."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import yaml
+from langgraph.runtime import Runtime
+
+from agent.files import write_text_atomic
+from agent.nodes import journal, run_dir
+from agent.state import AgentState, RunContext
+
+logger = logging.getLogger(__name__)
+
+
+def best_config(state: AgentState) -> dict:
+    """What `wan-agent generate` needs to reproduce the winner, and what it was measured at."""
+    best, book = state["best"], state["playbook"]
+    assert best is not None
+    return {
+        "run_id": state["run_id"],
+        "playbook": book["name"],
+        "hardware_fingerprint": state["hardware"]["fingerprint"],
+        "device": book["device"],
+        "model": state["model"],
+        "workload": book["workload"],
+        "knobs": best["knobs"],
+        "measured": {
+            k: best.get(k)
+            for k in ("name", "generate_s", "spread_s", "speedup_vs_baseline", "peak_memory_GiB", "energy_J")
+            if best.get(k) is not None
+        }
+        | {"on": best.get("device")},
+    }
+
+
+def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    winner = state.get("best")
+    status = "failed" if state.get("status") == "failed" or not winner else "converged"
+    elapsed = time.time() - state["started_at"]
+    trials = state.get("trials", [])
+    fields = {"status": status, "time_to_converge_s": elapsed, "trial_count": len(trials)}
+    if winner is not None and status == "converged":
+        best = best_config(state)
+        write_text_atomic(run_dir(state, runtime) / "best.yaml", yaml.safe_dump(best, sort_keys=False))
+        fields |= {"best": winner["name"], "knobs": winner["knobs"]}
+        logger.info("converged after %d trials in %.0f s: best is %s", len(trials), elapsed, winner["name"])
+    else:
+        logger.error("run failed: no baseline measurement; see %s", run_dir(state, runtime) / "journal.md")
+    log = journal(state, runtime)
+    log.record("converged" if status == "converged" else "run_failed", key="end", **fields)
+    log.render()
+    return {"status": status}

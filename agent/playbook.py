@@ -1,0 +1,143 @@
+"""Playbooks: declarative, validated knowledge of one deployment (model, workload, baseline, ladder).
+
+Loaded from ``playbooks/NAME.yaml`` or a path. Any mistake is a ``PlaybookError`` whose message names
+each bad field and what is allowed; the CLI turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from agent.runtime.config import Knobs, Measurement, Strict, Workload
+from agent.sources import SCHEMES
+
+PLAYBOOK_DIR = Path(os.environ.get("WAN_AGENT_PLAYBOOKS", Path(__file__).resolve().parent.parent / "playbooks"))
+
+
+class PlaybookError(ValueError):
+    """A playbook that cannot be used; ``str()`` is the message for the user."""
+
+
+class ModelSpec(Strict):
+    source: str  # synthetic:NAME or local:PATH
+    seed: int = Field(default=0, ge=0)  # weights of a synthetic model
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme, _, rest = value.partition(":")
+        if scheme not in SCHEMES or not rest:
+            raise ValueError(f"{value!r} is not a known source; use one of {', '.join(s + ':...' for s in SCHEMES)}")
+        return value
+
+
+class Rung(Strict):
+    """One step of the ladder: a change to the current best, and why it should help."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
+    hypothesis: str = Field(min_length=1)
+    set: dict[str, Any] = Field(min_length=1)
+
+
+class Timeouts(Strict):
+    deadline_s: float = Field(default=1800, gt=0)  # whole trial, from session start
+    idle_timeout_s: float = Field(default=300, gt=0)  # no output for this long means a hang
+
+
+class Decision(Strict):
+    min_gain: float = Field(default=0.02, ge=0, lt=1)  # a rung must also beat the best by this fraction
+
+
+class Playbook(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelSpec
+    workload: Workload
+    baseline: Knobs
+    ladder: list[Rung] = Field(min_length=1)
+    measurement: Measurement = Measurement()
+    timeouts: Timeouts = Timeouts()
+    decision: Decision = Decision()
+
+    @model_validator(mode="after")
+    def _rungs_apply(self) -> Playbook:
+        seen: set[str] = set()
+        knobs = self.baseline.model_dump()
+        for i, rung in enumerate(self.ladder):
+            if rung.name in seen or rung.name == "baseline":
+                raise ValueError(f"ladder.{i}.name: {rung.name!r} is used twice (or is 'baseline'); give each rung its own name")
+            seen.add(rung.name)
+            unknown = sorted(set(rung.set) - set(Knobs.model_fields))
+            if unknown:
+                raise ValueError(f"ladder.{i}.set: unknown knob {', '.join(unknown)}; allowed: {', '.join(Knobs.model_fields)}")
+            knobs |= rung.set
+            try:
+                Knobs.model_validate(knobs)
+            except ValidationError as err:
+                raise ValueError(f"ladder.{i}.set: {_format_errors(err, Knobs)}") from None
+        return self
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The fields of the model found at ``loc`` (for 'unknown key' messages)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for e in err.errors():
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = f"unknown key; allowed here: {', '.join(_allowed_keys(model, e['loc']))}"
+        elif e["type"] == "missing":
+            message = "required, but missing"
+        elif e["type"] != "value_error":  # our own messages already say what was given
+            message += f" (got {e['input']!r})"
+        lines.append(f"{'.'.join(str(p) for p in e['loc'])}: {message}" if e["loc"] else message)
+    return "; ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines)
+
+
+def find(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return PLAYBOOK_DIR / f"{name_or_path}.yaml"
+
+
+def load(name_or_path: str) -> Playbook:
+    path = find(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in PLAYBOOK_DIR.glob("*.yaml")))
+        raise PlaybookError(f"playbook {name_or_path!r} not found ({path}); known: {known}") from None
+    except yaml.YAMLError as err:
+        raise PlaybookError(f"playbook {path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise PlaybookError(f"playbook {path}: expected a mapping of keys (name, model, workload, baseline, ladder, ...)")
+    return validate(data, str(path))
+
+
+def validate(data: dict, origin: str = "playbook") -> Playbook:
+    try:
+        return Playbook.model_validate(data)
+    except ValidationError as err:
+        raise PlaybookError(f"playbook {origin} is invalid: {_format_errors(err, Playbook)}") from None

@@ -1,0 +1,106 @@
+"""The configuration a trial runs with: the workload, the optimisation knobs, and where the model is.
+
+These models validate themselves; a bad value fails with a message naming the field and what is
+allowed. Playbooks reuse ``Workload`` and ``Knobs``; the worker reads a whole ``TrialConfig`` from
+``trial.json``, so no user text ever travels through a shell.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Precision = Literal["fp32", "bf16", "fp16"]
+# none: weights stay in `precision`. layerwise: float8_e4m3fn storage, upcast per layer (memory only).
+# torchao_row / torchao_tensor: FP8 compute (dynamic activation + weight), CUDA with compute capability >= 8.9.
+Fp8Mode = Literal["none", "layerwise", "torchao_row", "torchao_tensor"]
+
+
+class Strict(BaseModel):
+    """A model that refuses unknown keys, so a typo in a playbook is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Workload(Strict):
+    """What to generate. Changing any of it changes the work, so it is fixed across a run's trials."""
+
+    prompt: str = Field(min_length=1)
+    negative_prompt: str = ""
+    height: int = Field(gt=0, le=2048)
+    width: int = Field(gt=0, le=2048)
+    frames: int = Field(gt=0, le=241)
+    seed: int = Field(ge=0)
+    fps: int = Field(default=16, gt=0, le=120)
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            lower, upper = value - value % 16, value - value % 16 + 16
+            raise ValueError(f"must be a multiple of 16 (got {value}; try {lower or 16} or {upper})")
+        return value
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, value: int) -> int:
+        if value % 4 != 1:
+            lower = value - (value - 1) % 4
+            raise ValueError(f"must be 4n+1 (got {value}; try {lower if lower > 0 else 1} or {lower + 4})")
+        return value
+
+
+class Knobs(Strict):
+    """The settings the optimisation ladder changes, one rung at a time."""
+
+    precision: Precision = "bf16"
+    fp8: Fp8Mode = "none"
+    lightning: bool = False  # load the Lightning 4-step LoRA into both experts and fuse it
+    steps: int = Field(default=40, ge=1, le=1000)
+    guidance_scale: float = Field(default=4.0, ge=0.0, le=50.0)  # high-noise expert; > 1 runs CFG
+    guidance_scale_2: float = Field(default=3.0, ge=0.0, le=50.0)  # low-noise expert
+    flow_shift: float = Field(default=3.0, gt=0.0, le=100.0)
+
+    def describe(self) -> str:
+        """A short human label: 'bf16, fp8=layerwise, lightning, 4 steps, cfg 1.0/1.0, shift 5.0'."""
+        parts: list[str] = [self.precision]
+        if self.fp8 != "none":
+            parts.append(f"fp8={self.fp8}")
+        if self.lightning:
+            parts.append("lightning")
+        parts.append(f"{self.steps} steps")
+        parts.append(f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}")
+        parts.append(f"shift {self.flow_shift:g}")
+        return ", ".join(parts)
+
+
+class Measurement(Strict):
+    """How a trial is timed: untimed warm-up generations, then timed repeats whose spread is the noise."""
+
+    warmup: int = Field(default=1, ge=0, le=10)
+    repeats: int = Field(default=3, ge=1, le=50)
+
+
+class LoraFiles(Strict):
+    high_noise: str  # loaded into `transformer`
+    low_noise: str  # loaded into `transformer_2`
+
+
+class TrialConfig(Strict):
+    """Everything the worker needs, written to ``trial.json`` by the agent."""
+
+    name: str = Field(min_length=1)
+    model_path: str
+    lora: LoraFiles | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workload: Workload
+    knobs: Knobs
+    measurement: Measurement = Measurement()
+    output_dir: str
+
+    @model_validator(mode="after")
+    def _lightning_needs_lora(self) -> TrialConfig:
+        if self.knobs.lightning and self.lora is None:
+            raise ValueError("knobs.lightning is true but no lora files were given; the model source has no lightning/ LoRA pair")
+        return self

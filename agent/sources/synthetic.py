@@ -1,0 +1,145 @@
+"""The `synthetic:` source: the real Wan2.2 architecture built from its config with random weights.
+
+No hub is reachable here, so the agent makes its own model: a two-expert diffusers ``WanPipeline``
+(``transformer`` high-noise, ``transformer_2`` low-noise), ``AutoencoderKLWan``, a UMT5 encoder and a
+locally made tokenizer, with weights fixed by a seed. It is saved in diffusers layout and loaded back
+with ``from_pretrained`` like a downloaded model, and comes with a Lightning LoRA pair in the lightx2v
+key layout so that the LoRA path is real too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B: the high-noise expert takes t >= 875
+
+
+@dataclass(frozen=True)
+class SyntheticPreset:
+    """Sizes of one synthetic model; the transformer keys are WanTransformer3DModel's config."""
+
+    transformer: dict
+    text_encoder: dict
+    vae: dict
+    vocab_size: int
+    lora_rank: int
+    flow_shift: float = 3.0
+
+
+PRESETS: dict[str, SyntheticPreset] = {
+    # Sized so that a denoising step (not process start-up or imports) dominates a CPU trial while a
+    # whole agent run stays within a few minutes on 2 cores.
+    "tiny": SyntheticPreset(
+        transformer=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=4,
+            attention_head_dim=32,
+            in_channels=16,
+            out_channels=16,
+            text_dim=64,
+            freq_dim=64,
+            ffn_dim=512,
+            num_layers=4,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=64,
+        ),
+        text_encoder=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        vae=dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
+        vocab_size=256,
+        lora_rank=4,
+    ),
+}
+
+
+def preset(name: str) -> SyntheticPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown synthetic model {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def build_pipeline(name: str, seed: int):
+    """Build the whole pipeline in memory (fp32, CPU) with weights drawn from ``seed``."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from agent.sources.tokenizer import build_t5_tokenizer
+
+    p = preset(name)
+    tokenizer = build_t5_tokenizer(p.vocab_size)
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval()
+    transformer = WanTransformer3DModel(**p.transformer)
+    transformer_2 = WanTransformer3DModel(**p.transformer)
+    vae = AutoencoderKLWan(**p.vae)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=p.flow_shift)
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
+        transformer_2=transformer_2,
+        boundary_ratio=BOUNDARY_RATIO,
+    )
+
+
+def lightning_lora_state_dict(name: str, seed: int) -> dict:
+    """Random LoRA tensors in the lightx2v layout of the Wan2.2-Lightning files, shaped for ``name``."""
+    import torch
+
+    p = preset(name).transformer
+    dim = p["num_attention_heads"] * p["attention_head_dim"]
+    rank = preset(name).lora_rank
+    shapes = {f"{attn}.{proj}": (dim, dim) for attn in ("self_attn", "cross_attn") for proj in "qkvo"}
+    shapes |= {"ffn.0": (dim, p["ffn_dim"]), "ffn.2": (p["ffn_dim"], dim)}
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for block in range(p["num_layers"]):
+        for module, (fan_in, fan_out) in shapes.items():
+            key = f"diffusion_model.blocks.{block}.{module}"
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen) / fan_in**0.5
+            tensors[f"{key}.lora_up.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.02
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    return tensors
+
+
+def write(name: str, seed: int, target: Path) -> None:
+    """Save pipeline and Lightning LoRA pair to ``target`` (diffusers layout + ``lightning/``)."""
+    from safetensors.torch import save_file
+
+    pipe = build_pipeline(name, seed)
+    pipe.save_pretrained(target)
+    lora_dir = target / "lightning"
+    lora_dir.mkdir()
+    save_file(lightning_lora_state_dict(name, seed + 1), lora_dir / "high_noise_model.safetensors")
+    save_file(lightning_lora_state_dict(name, seed + 2), lora_dir / "low_noise_model.safetensors")
+
+
+def materialize(name: str, seed: int, cache_dir: Path) -> Path:
+    """Return the on-disk model for ``name``/``seed``, building it once; a half-written one is never used."""
+    target = cache_dir / f"synthetic-{name}-seed{seed}"
+    if (target / "model_index.json").exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
+    try:
+        logger.info("building synthetic:%s (seed %d) in %s", name, seed, target)
+        write(name, seed, staging / "model")
+        (staging / "model" / "synthetic.json").write_text(json.dumps({"preset": name, "seed": seed}))
+        # The rename makes the whole folder appear at once: a crash mid-write leaves only staging.
+        (staging / "model").rename(target)
+    except OSError:
+        if not (target / "model_index.json").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

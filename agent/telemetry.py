@@ -1,0 +1,156 @@
+"""Telemetry sampled while a trial runs: NVML for the GPU, psutil for CPU and the worker's memory.
+
+Written to ``telemetry.csv`` as it goes, summarised at the end. Without NVML (no GPU, no driver) the
+GPU columns are empty and the summary says why; a figure that was not measured is absent, never zero.
+Energy comes from the NVML energy counter's delta, not from integrating power samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = [
+    "t_s",
+    "power_W",
+    "energy_J",
+    "gpu_mem_used_GiB",
+    "gpu_util_pct",
+    "mem_util_pct",
+    "sm_clock_MHz",
+    "temperature_C",
+    "throttle_reasons",
+    "cpu_pct",
+    "worker_rss_GiB",
+    "ram_used_GiB",
+]
+
+
+class Nvml:
+    """One GPU through nvidia-ml-py; ``error`` says why it is unavailable, if it is."""
+
+    def __init__(self, index: int = 0):
+        self.handle = None
+        self.error: str | None = None
+        self._energy0_mJ: int | None = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.nvml = pynvml
+        except Exception as err:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+            self.error = f"{type(err).__name__}: {err}"
+
+    def _read(self, getter: Callable, *args):
+        try:
+            return getter(self.handle, *args)
+        except Exception:  # NVMLError_NotSupported and friends: that field stays unmeasured
+            return None
+
+    def sample(self) -> dict:
+        if self.handle is None:
+            return {}
+        n = self.nvml
+        row: dict = {}
+        power_mW = self._read(n.nvmlDeviceGetPowerUsage)
+        if power_mW is not None:
+            row["power_W"] = power_mW / 1000
+        energy_mJ = self._read(n.nvmlDeviceGetTotalEnergyConsumption)
+        if energy_mJ is not None:
+            self._energy0_mJ = energy_mJ if self._energy0_mJ is None else self._energy0_mJ
+            row["energy_J"] = (energy_mJ - self._energy0_mJ) / 1000
+        memory = self._read(n.nvmlDeviceGetMemoryInfo)
+        if memory is not None:
+            row["gpu_mem_used_GiB"] = memory.used / 2**30
+        util = self._read(n.nvmlDeviceGetUtilizationRates)
+        if util is not None:
+            row["gpu_util_pct"], row["mem_util_pct"] = util.gpu, util.memory
+        row["sm_clock_MHz"] = self._read(n.nvmlDeviceGetClockInfo, n.NVML_CLOCK_SM)
+        row["temperature_C"] = self._read(n.nvmlDeviceGetTemperature, n.NVML_TEMPERATURE_GPU)
+        row["throttle_reasons"] = self._read(n.nvmlDeviceGetCurrentClocksEventReasons)
+        return {k: v for k, v in row.items() if v is not None}
+
+
+def _tree_rss_GiB(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**30
+    except psutil.Error:
+        return None
+
+
+class Sampler:
+    """Samples in a background thread from ``start()`` to ``stop()``; ``worker_pid`` gives the process tree to watch."""
+
+    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5, gpu_index: int = 0):
+        self.csv_path, self.worker_pid, self.interval_s = csv_path, worker_pid, interval_s
+        self.nvml = Nvml(gpu_index)
+        self.rows: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
+
+    def start(self) -> Sampler:
+        if self.nvml.error:
+            logger.info("NVML unavailable (%s): recording CPU and RAM only", self.nvml.error)
+        psutil.cpu_percent()  # primes the counter; the first real reading covers one interval
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return self.summary()
+
+    def _loop(self) -> None:
+        t0 = time.monotonic()
+        new_file = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new_file:
+                writer.writeheader()
+            while not self._stop.wait(self.interval_s):
+                row = {
+                    "t_s": round(time.monotonic() - t0, 3),
+                    **self.nvml.sample(),
+                    "cpu_pct": psutil.cpu_percent(),
+                    "worker_rss_GiB": _tree_rss_GiB(self.worker_pid()),
+                    "ram_used_GiB": psutil.virtual_memory().used / 2**30,
+                }
+                self.rows.append(row)
+                writer.writerow(row)
+                f.flush()
+
+    def summary(self) -> dict:
+        """Means and peaks of what was measured; keys for what was not measured are left out."""
+
+        def values(key: str) -> list[float]:
+            return [r[key] for r in self.rows if r.get(key) is not None]
+
+        out: dict = {"nvml": "ok" if self.nvml.error is None else f"unavailable: {self.nvml.error}", "samples": len(self.rows)}
+        for key, stat, name in (
+            ("power_W", statistics.fmean, "mean_power_W"),
+            ("power_W", max, "peak_power_W"),
+            ("energy_J", max, "energy_J"),
+            ("gpu_mem_used_GiB", max, "peak_gpu_mem_used_GiB"),
+            ("gpu_util_pct", statistics.fmean, "mean_gpu_util_pct"),
+            ("sm_clock_MHz", statistics.fmean, "mean_sm_clock_MHz"),
+            ("temperature_C", max, "peak_temperature_C"),
+            ("cpu_pct", statistics.fmean, "mean_cpu_pct"),
+            ("worker_rss_GiB", max, "peak_worker_rss_GiB"),
+        ):
+            found = values(key)
+            if found:
+                out[name] = stat(found)
+        return out

@@ -1,0 +1,106 @@
+"""Runs one trial directory end to end: worker in tmux, telemetry alongside, outcome read back.
+
+Idempotent, so that a resumed agent never runs a trial twice: a trial whose ``exit_code`` exists is
+only read back; one whose session is still running is re-attached; only a trial with neither is
+started (again). The trial gets its configuration in ``trial.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import agent
+from agent import telemetry, tmux
+from agent.files import read_json, write_json_atomic
+from agent.runtime.config import TrialConfig
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(agent.__file__).resolve().parent.parent
+STALE_OUTPUTS = ("result.json", "exit_code", "video.mp4", "frames.npy")
+
+
+def prepare(trial_dir: Path, config: TrialConfig) -> None:
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(trial_dir / "trial.json", config.model_dump())
+
+
+def _log_tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _start(session: str, trial_dir: Path) -> None:
+    for name in STALE_OUTPUTS:  # left by an attempt whose session was lost
+        (trial_dir / name).unlink(missing_ok=True)
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
+    tmux.start(
+        session,
+        argv,
+        trial_dir,
+        trial_dir / "stdout.log",
+        trial_dir / "exit_code",
+        extra_env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def execute(
+    run_id: str, trial_dir: Path, deadline_s: float, idle_timeout_s: float, poll_s: float = 0.5, telemetry_interval_s: float = 0.5
+) -> dict:
+    """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data."""
+    session = tmux.session_name(run_id, trial_dir.name)
+    log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
+    reattached = False
+    exit_code = tmux.read_exit_code(exit_file)
+    if exit_code is not None:
+        logger.info("trial %s already finished (exit %d): reading its result", trial_dir.name, exit_code)
+        result = tmux.SessionResult("exited", exit_code, 0.0)
+        summary = read_json(trial_dir / "telemetry.json") or {"note": "trial finished while the agent was not watching"}
+    else:
+        reattached = tmux.is_running(session)
+        if reattached:
+            logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
+        else:
+            _start(session, trial_dir)
+        sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s)
+        progress = _Progress(trial_dir.name, log)
+        sampler.start()
+        try:
+            result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
+        finally:
+            summary = sampler.stop()
+        if reattached:
+            summary["partial"] = "the agent restarted during this trial: telemetry covers only the part it watched"
+    write_json_atomic(trial_dir / "telemetry.json", summary)
+    outcome: dict[str, Any] = {
+        "session": {"outcome": result.outcome, "exit_code": result.exit_code, "wall_s": result.wall_s},
+        "result": read_json(trial_dir / "result.json"),
+        "telemetry": summary,
+        "reattached": reattached,
+    }
+    if result.outcome != "exited" or result.exit_code != 0:
+        outcome["log_tail"] = _log_tail(log)
+    return outcome
+
+
+class _Progress:
+    """Echoes the worker's latest line every few seconds, so a long trial shows it is alive."""
+
+    def __init__(self, trial: str, log: Path, every_s: float = 5.0):
+        self.trial, self.log, self.every_s, self.last = trial, log, every_s, time.monotonic()
+
+    def show(self) -> None:
+        if time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        tail = _log_tail(self.log, 1)
+        if tail:
+            logger.info("[%s] %s", self.trial, tail.strip())

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One-command bring-up: make .venv if missing, install wan-agent with pinned versions, converge on the
+# fastest configuration for this hardware (or reuse a converged run), then generate PROMPT with it.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: ./start_wan.sh [--rebench] [--runs-dir DIR] "PROMPT"
+       ./start_wan.sh --install-only [--dev]
+
+  PROMPT          what to generate with the winning configuration (quote it)
+  --rebench       search again even if this hardware already has a converged run
+  --runs-dir DIR  where runs live (default: runs, or $WAN_AGENT_RUNS)
+  --install-only  make .venv and install, then stop (--dev adds the test tools)
+USAGE
+}
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+rebench=0 install_only=0 dev=0 prompt="" have_prompt=0
+runs_dir="${WAN_AGENT_RUNS:-runs}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rebench) rebench=1 ;;
+    --install-only) install_only=1 ;;
+    --dev) dev=1 ;;
+    --runs-dir) [ $# -ge 2 ] || { echo "start_wan.sh: --runs-dir needs a directory" >&2; exit 2; }; runs_dir="$2"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "start_wan.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) [ $have_prompt = 0 ] || { echo "start_wan.sh: give one prompt, in quotes" >&2; exit 2; }; prompt="$1"; have_prompt=1 ;;
+  esac
+  shift
+done
+if [ $install_only = 0 ] && [ -z "$prompt" ]; then usage >&2; exit 2; fi
+command -v tmux >/dev/null || { echo "start_wan.sh: tmux is required (apt-get install tmux)" >&2; exit 2; }
+
+# Install once per change of pyproject.toml/constraints.txt; the stamp records what was installed.
+if [ ! -x .venv/bin/python ]; then
+  echo "start_wan.sh: creating .venv with $(${PYTHON:-python3} --version)" >&2
+  "${PYTHON:-python3}" -m venv .venv
+fi
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+have="$(cat .venv/.wan-agent-installed 2>/dev/null || true)"
+if [ "$have" != "$want-dev" ] && { [ $dev = 1 ] || [ "$have" != "$want" ]; }; then
+  extras=""; [ $dev = 1 ] && extras="[dev]"
+  echo "start_wan.sh: installing wan-agent$extras with pinned dependencies into .venv (first time: a few minutes)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
+  echo "$want$([ $dev = 1 ] && echo -dev)" > .venv/.wan-agent-installed
+fi
+[ $install_only = 1 ] && exit 0
+
+agent=(.venv/bin/wan-agent --runs-dir "$runs_dir")
+reuse=(--reuse); [ $rebench = 1 ] && reuse=()
+run_id="$("${agent[@]}" run --playbook auto "${reuse[@]}")" || {
+  status=$?; echo "start_wan.sh: the run did not converge (exit $status); read its journal under $runs_dir/" >&2; exit $status; }
+video="$("${agent[@]}" generate --run "$run_id" --prompt "$prompt")"
+cat <<DONE
+video:   $video
+journal: $runs_dir/$run_id/journal.md
+best:    $runs_dir/$run_id/best.yaml
+DONE

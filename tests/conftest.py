@@ -1,0 +1,49 @@
+"""Shared test set-up: offline, an isolated tmux socket per test session, a small playbook."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["WAN_AGENT_TMUX_SOCKET"] = f"wan-agent-test-{os.getpid()}"
+
+ROOT = Path(__file__).resolve().parent.parent
+WAN_AGENT = [sys.executable, "-m", "agent.cli"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolation(tmp_path_factory):
+    """One model cache for the whole session (built once), one tmux server, killed at the end."""
+    os.environ["WAN_AGENT_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    subprocess.run(["tmux", "-L", os.environ["WAN_AGENT_TMUX_SOCKET"], "kill-server"], capture_output=True)
+
+
+def small_playbook(**overrides) -> dict:
+    """The tiny playbook shrunk so that a whole run takes tens of seconds on 2 cores."""
+    book = yaml.safe_load((ROOT / "playbooks" / "tiny.yaml").read_text())
+    book["name"] = "tiny-test"
+    book["workload"] |= {"height": 48, "width": 64, "frames": 9}
+    book["baseline"]["steps"] = 12
+    book["measurement"] = {"warmup": 1, "repeats": 2}
+    for key, value in overrides.items():
+        book[key] = book[key] | value if isinstance(value, dict) and isinstance(book.get(key), dict) else value
+    return book
+
+
+def write_playbook(path: Path, book: dict) -> Path:
+    path.write_text(yaml.safe_dump(book, sort_keys=False))
+    return path
+
+
+def wan_agent(*args: str, runs_dir: Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*WAN_AGENT, "--runs-dir", str(runs_dir), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs
+    )

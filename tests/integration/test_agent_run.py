@@ -1,0 +1,110 @@
+"""The whole graph on the tiny model: trials in real tmux sessions, real SQLite checkpoints."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent import tmux
+from tests.conftest import small_playbook, wan_agent, write_playbook
+
+EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOME\nsecond line\ttab'
+
+
+@pytest.fixture(scope="module")
+def converged(tmp_path_factory):
+    base = tmp_path_factory.mktemp("agent")
+    book = write_playbook(base / "tiny-test.yaml", small_playbook())
+    done = wan_agent("run", "--playbook", str(book), runs_dir=base / "runs")
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    return base, base / "runs", run_id
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+
+
+def test_run_prints_its_id_and_converges_on_lightning(converged):
+    _, runs, run_id = converged
+    run_dir = runs / run_id
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["run_id"] == run_id and best["playbook"] == "tiny-test"
+    assert best["knobs"]["lightning"] is True and best["knobs"]["steps"] == 4
+    decisions = {e["name"]: e["verdict"] for e in events(run_dir) if e["kind"] == "decision"}
+    assert decisions["00-baseline"] == "baseline"
+    assert decisions["01-fp8"] in ("kept", "reverted")
+    assert decisions["02-lightning"] == "kept"
+    assert best["knobs"]["fp8"] == ("layerwise" if decisions["01-fp8"] == "kept" else "none")
+
+
+def test_each_trial_dir_holds_its_artifacts(converged):
+    _, runs, run_id = converged
+    for trial in ("00-baseline", "01-fp8", "02-lightning"):
+        d = runs / run_id / "trials" / trial
+        for name in ("trial.json", "stdout.log", "result.json", "telemetry.csv", "telemetry.json", "video.mp4", "exit_code"):
+            assert (d / name).is_file(), d / name
+        assert "done:" in (d / "stdout.log").read_text()
+        assert not tmux.is_running(tmux.session_name(run_id, trial))
+
+
+def test_run_json_and_journal_md_tell_the_story(converged):
+    _, runs, run_id = converged
+    run = json.loads((runs / run_id / "run.json").read_text())
+    assert run["hardware"]["fingerprint"] and run["versions"]["torch"] and run["playbook"]["name"] == "tiny-test"
+    text = (runs / run_id / "journal.md").read_text()
+    for needle in (
+        "### 00-baseline",
+        "### 01-fp8",
+        "### 02-lightning",
+        "**Why.**",
+        "**Decision: kept.**",
+        "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |",
+        "Converged on **02-lightning** after 3 trials",
+    ):
+        assert needle in text
+    if run["hardware"]["nvml"] != "ok":
+        assert "not measured (no NVML)" in text
+
+
+def test_checkpoints_are_in_sqlite(converged):
+    _, runs, run_id = converged
+    with sqlite3.connect(runs / run_id / "checkpoint.sqlite") as db:
+        (count,) = db.execute("select count(*) from checkpoints where thread_id = ?", (run_id,)).fetchone()
+    assert count > 10
+
+
+def test_resume_of_a_finished_run_does_nothing(converged):
+    _, runs, run_id = converged
+    before = (runs / run_id / "journal.jsonl").read_text()
+    done = wan_agent("resume", run_id, runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    assert (runs / run_id / "journal.jsonl").read_text() == before
+
+
+def test_reuse_returns_the_converged_run_without_searching(converged):
+    base, runs, run_id = converged
+    done = wan_agent("run", "--playbook", str(base / "tiny-test.yaml"), "--reuse", runs_dir=runs)
+    assert done.returncode == 0 and done.stdout.strip() == run_id
+    assert "reusing converged run" in done.stderr
+
+
+def test_a_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(converged, tmp_path):
+    _, runs, run_id = converged
+    canary = tmp_path / "executed"
+    evil = EVIL.format(canary=canary)
+    done = wan_agent("generate", "--run", run_id, "--prompt", evil, runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    video = Path(done.stdout.strip())
+    assert video.is_file()
+    result = json.loads((video.parent / "result.json").read_text())
+    assert result["prompt"] == evil
+    assert result["config"]["knobs"]["lightning"] is True
+    assert not canary.exists()
+
+
+def test_generate_without_a_converged_run_is_a_clear_error(tmp_path):
+    done = wan_agent("generate", "--prompt", "a cat", runs_dir=tmp_path)
+    assert done.returncode == 2 and "no converged run" in done.stderr

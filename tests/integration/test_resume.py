@@ -1,0 +1,94 @@
+"""SIGKILL the agent in the middle of a trial, then `wan-agent resume`: the run finishes, no trial is
+run or counted twice, and the journal stays consistent."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import tmux
+from tests.conftest import ROOT, WAN_AGENT, small_playbook, wan_agent, write_playbook
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("resume_when", ["trial_still_running", "trial_finished_meanwhile"])
+def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
+    book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
+    runs = tmp_path / "runs"
+    agent = subprocess.Popen(
+        [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    run_id = agent.stdout.readline().strip()
+    trial = runs / run_id / "trials" / "01-fp8"
+    session = tmux.session_name(run_id, "01-fp8")
+    wait_for(
+        lambda: (trial / "stdout.log").exists() and "repeat 1/2" in (trial / "stdout.log").read_text(),
+        300,
+        "the fp8 trial to be timing",
+    )
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+    assert tmux.is_running(session), "the worker lives on in its tmux session"
+    if resume_when == "trial_finished_meanwhile":
+        wait_for(lambda: (trial / "exit_code").exists(), 300, "the orphaned trial to finish")
+
+    done = wan_agent("resume", run_id, runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+
+    lines = (runs / run_id / "journal.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # every line whole
+    keys = [e["key"] for e in events if "key" in e]
+    assert len(keys) == len(set(keys)), "no event recorded twice"
+    decisions = [e["name"] for e in events if e["kind"] == "decision"]
+    assert decisions == ["00-baseline", "01-fp8", "02-lightning"]
+    log = (trial / "stdout.log").read_text()
+    assert log.count("warm-up 1/1\n") == 1 and log.count("done:") == 1, "the interrupted trial ran once"
+    assert (runs / run_id / "best.yaml").exists()
+    table_rows = [r for r in (runs / run_id / "journal.md").read_text().splitlines() if r.startswith("| 0")]
+    assert len(table_rows) == 3
+    telemetry = json.loads((trial / "telemetry.json").read_text())
+    if resume_when == "trial_still_running":
+        assert "partial" in telemetry
+        assert "re-attaching" in done.stderr
+    else:
+        assert "already finished" in done.stderr
+
+
+def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path):
+    done = wan_agent("resume", "no-such-run", runs_dir=tmp_path)
+    assert done.returncode == 2 and "no run 'no-such-run'" in done.stderr
+
+
+def test_two_agents_cannot_drive_one_run(tmp_path):
+    book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
+    runs = tmp_path / "runs"
+    agent = subprocess.Popen(
+        [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        run_id = agent.stdout.readline().strip()
+        wait_for(lambda: (Path(runs) / run_id / "trials").exists(), 120, "the first trial")
+        done = wan_agent("resume", run_id, runs_dir=runs)
+        assert done.returncode == 2 and "being driven by another wan-agent process" in done.stderr
+    finally:
+        agent.kill()
+        agent.wait()

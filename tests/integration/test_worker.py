@@ -1,0 +1,84 @@
+"""The trial worker as a real process on the real tiny pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+
+from agent import sources, trials
+from agent.runtime.config import Knobs, LoraFiles, Measurement, TrialConfig, Workload
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def model() -> sources.ModelFiles:
+    return sources.resolve("synthetic:tiny", Path(os.environ["WAN_AGENT_CACHE"]))
+
+
+def config(model, out: Path, **knobs) -> TrialConfig:
+    lightning = knobs.get("lightning", False)
+    return TrialConfig(
+        name=out.name,
+        model_path=str(model.path),
+        output_dir=str(out),
+        lora=LoraFiles(**model.lora) if lightning else None,
+        workload=Workload(prompt="A cat walking on the grass", height=48, width=64, frames=9, seed=7),
+        knobs=Knobs(**{"steps": 4} | knobs),
+        measurement=Measurement(warmup=1, repeats=2),
+    )
+
+
+def work(cfg: TrialConfig) -> tuple[int, dict | None, str]:
+    out = Path(cfg.output_dir)
+    trials.prepare(out, cfg)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.runtime.worker", str(out / "trial.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    result = out / "result.json"
+    return done.returncode, json.loads(result.read_text()) if result.exists() else None, done.stdout + done.stderr
+
+
+def test_writes_timings_per_stage_and_step_and_a_playable_video(model, tmp_path):
+    code, result, log = work(config(model, tmp_path / "t", steps=6, guidance_scale=4.0))
+    assert code == 0, log
+    assert result["status"] == "ok"
+    assert set(result["stages"]) >= {"load_s", "to_device_s", "save_s"}
+    assert len(result["repeats"]) == 2 and result["first_call"] is not None
+    for rep in result["repeats"]:
+        assert len(rep["step_s"]) == 6 and all(s > 0 for s in rep["step_s"])
+        assert rep["step_expert"][0] == "transformer" and rep["step_expert"][-1] == "transformer_2"
+        assert rep["total_s"] >= rep["denoise_s"] + rep["vae_decode_s"]
+    assert result["summary"]["repeats"] == 2 and result["memory"]["peak_rss_GiB"] > 0
+    assert result["quality"]["passed"]
+    frames = iio.imread(tmp_path / "t" / "video.mp4")
+    assert frames.shape[0] == 9 and frames.shape[1:3] == (48, 64)
+
+
+def test_lightning_and_layerwise_fp8_run(model, tmp_path):
+    code, result, log = work(
+        config(model, tmp_path / "l", lightning=True, fp8="layerwise", guidance_scale=1.0, guidance_scale_2=1.0)
+    )
+    assert code == 0, log
+    assert "lora_fuse_s" in result["stages"] and result["config"]["knobs"]["fp8"] == "layerwise"
+
+
+def test_fp8_compute_on_cpu_fails_with_the_reason(model, tmp_path):
+    code, result, _ = work(config(model, tmp_path / "f", fp8="torchao_row"))
+    assert code == 1
+    assert result["status"] == "failed"
+    assert result["error"]["type"] == "UnsupportedOnHardware" and "8.9" in result["error"]["message"]
+
+
+def test_an_invalid_trial_file_exits_2(tmp_path):
+    bad = tmp_path / "trial.json"
+    bad.write_text(json.dumps({"name": "x", "workload": {"height": 100}}))
+    done = subprocess.run([sys.executable, "-m", "agent.runtime.worker", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "workload.height" in done.stderr

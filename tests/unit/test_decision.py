@@ -1,0 +1,47 @@
+from agent.decision import judge
+
+GOOD_QUALITY = {"passed": True, "reasons": []}
+
+
+def outcome(generate_s=1.0, spread_s=0.01, session="exited", exit_code=0, quality=GOOD_QUALITY, status="ok", error=None):
+    result = {"status": status, "summary": {"generate_s": generate_s, "spread_s": spread_s}, "quality": quality}
+    if error:
+        result["error"] = error
+    return {"session": {"outcome": session, "exit_code": exit_code, "wall_s": 12.0}, "result": result}
+
+
+BEST = {"generate_s": 1.0, "spread_s": 0.02}
+
+
+def test_first_good_trial_is_the_baseline():
+    assert judge(outcome(), None, 0.02)[0] == "baseline"
+
+
+def test_kept_only_beyond_the_noise():
+    assert judge(outcome(generate_s=0.5), BEST, 0.02)[0] == "kept"
+    verdict, reason = judge(outcome(generate_s=0.99), BEST, 0.0)  # 10 ms gain inside 20 ms spread
+    assert verdict == "reverted" and "needed > 0.020 s" in reason
+    assert judge(outcome(generate_s=1.3), BEST, 0.02)[0] == "reverted"
+
+
+def test_noise_of_the_candidate_counts_too():
+    assert judge(outcome(generate_s=0.9, spread_s=0.2), BEST, 0.0)[0] == "reverted"
+
+
+def test_min_gain_applies_when_the_noise_is_tiny():
+    assert judge(outcome(generate_s=0.97, spread_s=0.0), {"generate_s": 1.0, "spread_s": 0.0}, 0.05)[0] == "reverted"
+
+
+def test_broken_output_is_rejected_not_slow():
+    verdict, reason = judge(outcome(generate_s=0.1, quality={"passed": False, "reasons": ["3 of 9 frames blank"]}), BEST, 0.02)
+    assert verdict == "rejected" and "broken" in reason and "blank" in reason
+
+
+def test_failures_say_why():
+    assert "timed out" in judge(outcome(session="timeout", exit_code=None), BEST, 0.02)[1]
+    assert "idle timeout" in judge(outcome(session="idle", exit_code=None), BEST, 0.02)[1]
+    assert "vanished" in judge(outcome(session="lost", exit_code=None), BEST, 0.02)[1]
+    verdict, reason = judge(
+        outcome(exit_code=1, status="failed", error={"type": "OutOfMemoryError", "message": "CUDA out of memory"}), BEST, 0.02
+    )
+    assert verdict == "failed" and "OutOfMemoryError: CUDA out of memory" in reason

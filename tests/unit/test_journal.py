@@ -1,0 +1,48 @@
+import json
+
+from agent.journal import Journal
+
+
+def test_a_key_is_recorded_once(tmp_path):
+    journal = Journal(tmp_path)
+    assert journal.record("decision", key="decision:00-baseline", verdict="baseline")
+    assert not journal.record("decision", key="decision:00-baseline", verdict="baseline")
+    assert journal.record("note", text="unkeyed events always append")
+    assert [e["kind"] for e in journal.events()] == ["decision", "note"]
+
+
+def test_a_torn_last_line_is_cut_on_open(tmp_path):
+    journal = Journal(tmp_path)
+    journal.record("probe", key="probe")
+    with open(journal.path, "a") as f:
+        f.write('{"kind": "decision", "key": "decision:00-ba')  # the agent died mid-write
+    reopened = Journal(tmp_path)
+    assert [e["key"] for e in reopened.events()] == ["probe"]
+    reopened.record("decision", key="decision:00-baseline")
+    lines = reopened.path.read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["probe", "decision:00-baseline"]
+
+
+def test_tokens_never_reach_the_journal(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secretvalue123")
+    journal = Journal(tmp_path)
+    journal.record("note", key="note", url="https://x/?token=hf_secretvalue123")
+    journal.render()
+    assert "hf_secretvalue123" not in journal.path.read_text()
+    assert "<HF_TOKEN>" in journal.path.read_text()
+    assert "hf_secretvalue123" not in (tmp_path / "journal.md").read_text()
+
+
+def test_render_of_a_fresh_run_has_the_summary_table(tmp_path):
+    journal = Journal(tmp_path)
+    journal.record(
+        "run_started",
+        key="start",
+        run_id="r1",
+        playbook="tiny",
+        workload={"prompt": "a cat; $(rm -rf /)", "height": 96, "width": 160, "frames": 17, "seed": 1},
+    )
+    text = journal.render()
+    assert "# wan-agent run r1" in text
+    assert "a cat; $(rm -rf /)" in text
+    assert "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |" in text
