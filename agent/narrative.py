@@ -100,6 +100,11 @@ def render_markdown(events: list[dict]) -> str:
     if "fetch" in by_kind:
         model = first("fetch")["model"]
         lines.append(f"- Model: `{model['spec']}` at `{model['path']}`; Lightning LoRA: {'yes' if model['lora'] else 'none'}")
+    nvml = first("probe").get("hardware", {}).get("nvml")
+    if nvml and nvml != "ok":
+        lines.append(f"- Telemetry: NVML {nvml}; CPU and RAM recorded, power, energy and GPU figures not measured")
+    elif nvml:
+        lines.append("- Telemetry: NVML (power, energy counter, memory, utilisation, SM clock, temperature, throttle reasons)")
     if "patch" in by_kind:
         lines.append(f"- Attention: {first('patch')['attention']['reason']}")
     lines += ["", "## Trials", ""]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from agent.runtime.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 
+_WORKER_TIME = re.compile(r"^\d\d:\d\d:\d\d\s+")  # the worker's own timestamp; ours is printed anyway
 PROJECT_ROOT = Path(agent.__file__).resolve().parent.parent
 STALE_OUTPUTS = ("result.json", "exit_code", "video.mp4", "frames.npy")
 
@@ -101,6 +103,6 @@ class _Progress:
         if time.monotonic() - self.last < self.every_s:
             return
         self.last = time.monotonic()
-        tail = _log_tail(self.log, 1)
+        tail = _WORKER_TIME.sub("", _log_tail(self.log, 1)).strip()
         if tail:
-            logger.info("[%s] %s", self.trial, tail.strip())
+            logger.info("[%s] %s", self.trial, tail)

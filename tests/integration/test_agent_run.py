@@ -1,14 +1,16 @@
 """The whole graph on the tiny model: trials in real tmux sessions, real SQLite checkpoints."""
 
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from agent import tmux
-from tests.conftest import small_playbook, wan_agent, write_playbook
+from tests.conftest import ROOT, small_playbook, wan_agent, write_playbook
 
 EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOME\nsecond line\ttab'
 
@@ -108,3 +110,39 @@ def test_a_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(converged,
 def test_generate_without_a_converged_run_is_a_clear_error(tmp_path):
     done = wan_agent("generate", "--prompt", "a cat", runs_dir=tmp_path)
     assert done.returncode == 2 and "no converged run" in done.stderr
+
+
+@pytest.mark.skipif(
+    not (ROOT / ".venv" / "bin" / "wan-agent").exists(), reason="start_wan.sh drives .venv, made by the README's test command"
+)
+def test_start_wan_generates_then_reuses_the_converged_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WAN_AGENT_RUNS"}
+    first = subprocess.run(
+        [str(ROOT / "start_wan.sh"), "--runs-dir", str(tmp_path), "A cat walking on the grass"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert first.returncode == 0, first.stderr
+    video = Path(first.stdout.split("video:")[1].split()[0])
+    assert video.is_file() and "journal:" in first.stdout
+    second = subprocess.run(
+        [str(ROOT / "start_wan.sh"), "--runs-dir", str(tmp_path), "A dog"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "reusing converged run" in second.stderr
+    assert len(list(tmp_path.glob("*/best.yaml"))) == 1
+    assert len(list(tmp_path.glob("*/generations/*/video.mp4"))) == 2
+
+
+def test_start_wan_refuses_bad_arguments(tmp_path):
+    for args, message in (([], "usage:"), (["--bogus", "x"], "unknown option --bogus"), (["a", "b"], "one prompt")):
+        done = subprocess.run([str(ROOT / "start_wan.sh"), *args], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr

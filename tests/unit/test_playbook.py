@@ -62,12 +62,20 @@ def test_invalid_yaml_and_missing_playbook(tmp_path):
         playbook.load("no-such-playbook")
 
 
-def test_cli_exits_2_on_a_malformed_playbook_and_creates_no_run(tmp_path):
-    path = write_playbook(tmp_path / "bad.yaml", broken(["workload", "height"], 100))
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["workload", "height"], 100, "workload.height: must be a multiple of 16"),
+        (["measurement", "repeats"], "three", "measurement.repeats: Input should be a valid integer"),
+        (["timeouts", "deadline"], 5, "timeouts.deadline: unknown key; allowed here: deadline_s, idle_timeout_s"),
+    ],
+)
+def test_cli_exits_2_on_a_malformed_playbook_and_creates_no_run(tmp_path, path, value, message):
+    bad = write_playbook(tmp_path / "bad.yaml", broken(path, value))
     runs = tmp_path / "runs"
-    done = wan_agent("run", "--playbook", str(path), runs_dir=runs, timeout=120)
+    done = wan_agent("run", "--playbook", str(bad), runs_dir=runs, timeout=120)
     assert done.returncode == 2
-    assert "workload.height: must be a multiple of 16" in done.stderr
+    assert message in done.stderr
     assert done.stdout == ""
     assert not runs.exists()
 
