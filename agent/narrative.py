@@ -99,7 +99,8 @@ def render_markdown(events: list[dict]) -> str:
         lines.append("- Environment: " + ", ".join(f"{k} {v}" for k, v in first("provision")["versions"].items()))
     if "fetch" in by_kind:
         model = first("fetch")["model"]
-        lines.append(f"- Model: `{model['spec']}` at `{model['path']}`; Lightning LoRA: {'yes' if model['lora'] else 'none'}")
+        lora = "yes" if model.get("lightning") else "none"
+        lines.append(f"- Model: `{model['spec']}` at `{model['path']}`; Lightning LoRA: {lora}")
     nvml = first("probe").get("hardware", {}).get("nvml")
     if nvml and nvml != "ok":
         lines.append(f"- Telemetry: NVML {nvml}; CPU and RAM recorded, power, energy and GPU figures not measured")

@@ -34,3 +34,52 @@ def check_frames(frames: np.ndarray) -> dict:
         "std": float(per_frame_std.mean()),
         "temporal_diff": temporal_diff,
     }
+
+
+def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of frames in [0, 1] against ``reference`` (inf when identical)."""
+    mse = float(np.mean((np.asarray(frames, np.float64) - np.asarray(reference, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def ssim(frames: np.ndarray, reference: np.ndarray, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03) over frames and channels.
+
+    Frames are (F, H, W, C) in [0, 1]; computed with torch's conv2d so it runs anywhere torch does.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def planes(x: np.ndarray) -> torch.Tensor:  # (F*C, 1, H, W)
+        t = torch.as_tensor(np.asarray(x, np.float32)).permute(0, 3, 1, 2)
+        return t.reshape(-1, 1, *t.shape[2:]).double()
+
+    x, y = planes(frames), planes(reference)
+    size = min(window, x.shape[-1], x.shape[-2])
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel = (torch.outer(g, g) / g.sum() ** 2)[None, None]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(ssim_map.mean())
+
+
+def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
+    """‖output − reference‖ / ‖reference‖ (the same-function check for FP8, compile, attention)."""
+    output, reference = np.asarray(output, np.float64), np.asarray(reference, np.float64)
+    return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
+
+
+def fidelity(frames: np.ndarray, reference: np.ndarray) -> dict:
+    """PSNR and SSIM of a rung's frames against the baseline's frames for the same seed."""
+    if np.shape(frames) != np.shape(reference):
+        return {"comparable": False, "reason": f"shape {np.shape(frames)} differs from the baseline's {np.shape(reference)}"}
+    return {"comparable": True, "psnr_dB": psnr(frames, reference), "ssim": ssim(frames, reference)}

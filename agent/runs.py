@@ -131,7 +131,8 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     knobs = best["knobs"]
     config = TrialConfig(
         name=out_dir.name,
-        model_path=str(files.path),
+        model_path=files.path,
+        model_seed=book["model"]["seed"],
         device=best["device"],
         lora=LoraFiles(**files.lora) if knobs["lightning"] and files.lora else None,
         workload=Workload.model_validate(best["workload"] | {"prompt": prompt}),

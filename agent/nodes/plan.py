@@ -26,7 +26,7 @@ BASELINE: dict[str, Any] = {
 def _skip_reason(knobs: Knobs, best_knobs: dict, model: dict) -> str | None:
     if knobs.model_dump() == best_knobs:
         return "changes nothing on top of the current best"
-    if knobs.lightning and not model.get("lora"):
+    if knobs.lightning and not model.get("lightning"):
         return f"needs the Lightning LoRA, and source {model['spec']} has none"
     return None
 
@@ -60,7 +60,8 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         device=book.device,
         workload=book.workload,
         knobs=knobs,
-        lora=LoraFiles(**model["lora"]) if knobs.lightning else None,
+        model_seed=book.model.seed,
+        lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
         measurement=book.measurement,
         output_dir=str(trial_dir),
     )

@@ -15,6 +15,11 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # none: weights stay in `precision`. layerwise: float8_e4m3fn storage, upcast per layer (memory only).
 # torchao_row / torchao_tensor: FP8 compute (dynamic activation + weight), CUDA with compute capability >= 8.9.
 Fp8Mode = Literal["none", "layerwise", "torchao_row", "torchao_tensor"]
+# regional: compile_repeated_blocks (one transformer block, compiled once, reused 40 times); full: the whole model.
+CompileMode = Literal["none", "regional", "full"]
+# Where weights live between uses. auto: none if everything fits in free accelerator memory, else the
+# cheapest mode that fits (model, then group, then sequential).
+OffloadMode = Literal["none", "model", "group", "sequential", "auto"]
 
 
 class Strict(BaseModel):
@@ -61,17 +66,25 @@ class Knobs(Strict):
     guidance_scale: float = Field(default=4.0, ge=0.0, le=50.0)  # high-noise expert; > 1 runs CFG
     guidance_scale_2: float = Field(default=3.0, ge=0.0, le=50.0)  # low-noise expert
     flow_shift: float = Field(default=3.0, gt=0.0, le=100.0)
+    attention: str = Field(default="native", pattern=r"^[a-z0-9_]+$")  # a diffusers attention backend name
+    compile: CompileMode = "none"
+    offload: OffloadMode = "none"
+    vae_tiling: bool = False
+    text_encoder_on_cpu: bool = False
 
     def describe(self) -> str:
-        """A short human label: 'bf16, fp8=layerwise, lightning, 4 steps, cfg 1.0/1.0, shift 5.0'."""
+        """A short human label: 'bf16, fp8=layerwise, lightning, 4 steps, cfg 1/1, shift 5, compile=regional'."""
         parts: list[str] = [self.precision]
         if self.fp8 != "none":
             parts.append(f"fp8={self.fp8}")
         if self.lightning:
             parts.append("lightning")
-        parts.append(f"{self.steps} steps")
-        parts.append(f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}")
-        parts.append(f"shift {self.flow_shift:g}")
+        parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]
+        defaults = Knobs.model_fields
+        for name in ("attention", "compile", "offload"):
+            if getattr(self, name) != defaults[name].default:
+                parts.append(f"{name}={getattr(self, name)}")
+        parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu") if getattr(self, flag)]
         return ", ".join(parts)
 
 
@@ -80,6 +93,10 @@ class Measurement(Strict):
 
     warmup: int = Field(default=1, ge=0, le=10)
     repeats: int = Field(default=3, ge=1, le=50)
+    # full: whole clips. probe: per-expert forwards only (warm-up, then probe_steps timed forwards per
+    # expert, CFG included), from which the clip's denoising time is predicted.
+    mode: Literal["full", "probe"] = "full"
+    probe_steps: int = Field(default=3, ge=1, le=50)
 
 
 class LoraFiles(Strict):
@@ -91,16 +108,21 @@ class TrialConfig(Strict):
     """Everything the worker needs, written to ``trial.json`` by the agent."""
 
     name: str = Field(min_length=1)
-    model_path: str
+    model_path: str  # a diffusers-layout folder, or synthetic:NAME for a model built on the device
+    model_seed: int = Field(default=0, ge=0)
     lora: LoraFiles | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workload: Workload
     knobs: Knobs
     measurement: Measurement = Measurement()
     output_dir: str
+    # The baseline trial's directory: fidelity (PSNR/SSIM, transformer relative error) is measured against it.
+    reference_dir: str | None = None
+    # Cap on this process's share of accelerator memory (tests the automatic offload choice).
+    gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _lightning_needs_lora(self) -> TrialConfig:
-        if self.knobs.lightning and self.lora is None:
+        if self.knobs.lightning and self.lora is None and not self.model_path.startswith("synthetic:"):
             raise ValueError("knobs.lightning is true but no lora files were given; the model source has no lightning/ LoRA pair")
         return self

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import resource
+import statistics
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,12 +22,10 @@ from agent.files import write_json_atomic
 from agent.hardware import versions
 from agent.runtime.config import TrialConfig
 
-if TYPE_CHECKING:
-    from agent.runtime import pipeline
-
 logger = logging.getLogger("agent.worker")
 
 RESULT_FILE = "result.json"
+CHECK_FILE = "check_output.npz"  # each expert's output on a fixed input (same-function check)
 
 
 def _peak_memory(device) -> dict[str, float]:
@@ -40,37 +38,118 @@ def _peak_memory(device) -> dict[str, float]:
     return peak
 
 
-def run(config: TrialConfig) -> dict:
-    """Run the trial and return what goes into result.json."""
-    import torch
+def _fidelity(config: TrialConfig, out: Path, frames: np.ndarray | None) -> dict:
+    """This trial's check outputs (and frames) against the reference trial's, when there is one."""
+    from agent.quality import fidelity, relative_error
+
+    if config.reference_dir is None:
+        return {}
+    ref_dir, report = Path(config.reference_dir), {}
+    if (ref_dir / CHECK_FILE).exists():
+        mine, ref = np.load(out / CHECK_FILE), np.load(ref_dir / CHECK_FILE)
+        report["relative_error"] = {name: relative_error(mine[name], ref[name]) for name in ref.files if name in mine.files}
+    if frames is not None and (ref_dir / "frames.npy").exists():
+        report |= fidelity(np.load(out / "frames.npy") / 255.0, np.load(ref_dir / "frames.npy") / 255.0)
+    return report
+
+
+def _save_clip(frames: np.ndarray, out: Path, fps: int) -> None:
     from diffusers.utils import export_to_video
 
-    from agent.quality import check_frames
-    from agent.runtime import pipeline
+    clean = np.clip(np.nan_to_num(frames), 0, 1)
+    export_to_video(list(clean), str(out / "video.mp4"), fps=fps)
+    np.save(out / "frames.npy", (clean * 255).round().astype(np.uint8))
 
-    out = Path(config.output_dir)
-    device = pipeline.pick_device(config.device)
-    logger.info("device %s; %s", device, config.knobs.describe())
-    pipe, stages = pipeline.build(config, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+
+def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
+    """Whole clips: warm-up, then timed repeats; the last clip is saved."""
+    from agent.quality import check_frames
+    from agent.runtime.generate import Generation, generate, summarize
+    from agent.telemetry import Nvml
 
     def on_step(index: int, total: int, expert: str, seconds: float) -> None:
         logger.info("  step %d/%d %s %.3f s", index + 1, total, expert, seconds)
 
-    warmups: list[pipeline.Generation] = []
-    timed: list[pipeline.Generation] = []
-    for label, count, into in (("warm-up", config.measurement.warmup, warmups), ("repeat", config.measurement.repeats, timed)):
+    def clips(label: str, count: int) -> list[Generation]:
+        made = []
         for i in range(count):
             logger.info("%s %d/%d", label, i + 1, count)
-            into.append(pipeline.generate(pipe, config, device, on_step))
-            logger.info("%s %d/%d took %.3f s", label, i + 1, count, into[-1].total_s)
+            made.append(generate(pipe, config, device, on_step))
+            logger.info("%s %d/%d took %.3f s", label, i + 1, count, made[-1].total_s)
+        return made
+
+    nvml = Nvml()
+    warmups = clips("warm-up", config.measurement.warmup)
+    energy_start = nvml.sample().get("energy_J")
+    timed = clips("repeat", config.measurement.repeats)
+    energy_end = nvml.sample().get("energy_J")
     last = timed[-1]
-    quality = check_frames(last.frames)
     t0 = time.perf_counter()
-    export_to_video(list(np.clip(np.nan_to_num(last.frames), 0, 1)), str(out / "video.mp4"), fps=config.workload.fps)
-    np.save(out / "frames.npy", (np.clip(np.nan_to_num(last.frames), 0, 1) * 255).round().astype(np.uint8))
+    _save_clip(last.frames, out, config.workload.fps)
     stages["save_s"] = time.perf_counter() - t0
+    summary = summarize(timed)
+    if energy_start is not None and energy_end is not None:  # NVML's counter over the timed clips only
+        summary["energy_per_clip_J"] = (energy_end - energy_start) / len(timed)
+    if warmups:
+        summary["first_call_overhead_s"] = warmups[0].total_s - summary["generate_s"]  # compile, autotune, caches
+    return {
+        "first_call": warmups[0].timings() if warmups else None,
+        "repeats": [g.timings() for g in timed],
+        "summary": summary,
+        "quality": check_frames(last.frames),
+        "outputs": {"video": "video.mp4", "frames": "frames.npy", "check": CHECK_FILE},
+        "frames": last.frames,
+    }
+
+
+def _probe(pipe, config: TrialConfig, device, positive, negative, text_s: float) -> dict:
+    """Per-expert forwards only; the clip's time is predicted from them."""
+    from agent.runtime import probe
+
+    report = probe.probe(pipe, config, device, positive, negative, logger.info)
+    summary = {
+        "generate_s": text_s + report["predicted_denoise_s"] + report["vae_decode_s"],
+        "spread_s": report["spread_s"],
+        "text_encode_s": text_s,
+        "denoise_s": report["predicted_denoise_s"],
+        "vae_decode_s": report["vae_decode_s"],
+        "step_s": statistics.fmean(report["step_s"].values()),
+        "repeats": config.measurement.probe_steps,
+        "predicted": True,
+        "first_call_overhead_s": sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"]),
+    }
+    return {"probe": report, "summary": summary, "outputs": {"check": CHECK_FILE}}
+
+
+def run(config: TrialConfig) -> dict:
+    """Run the trial and return what goes into result.json."""
+    import torch
+
+    from agent.runtime import pipeline, probe
+    from agent.runtime.generate import encode
+
+    out = Path(config.output_dir)
+    device = pipeline.pick_device(config.device)
+    logger.info("device %s; %s; %s mode", device, config.knobs.describe(), config.measurement.mode)
+    pipe, stages, setup = pipeline.build(config, device)
+    logger.info("ready in %.1f s (offload: %s, %s)", sum(stages.values()), setup["offload"], setup["offload_reason"])
+    build_memory = _peak_memory(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    positive, negative, text_s = encode(pipe, config, device)
+    t0 = time.perf_counter()
+    check = probe.check_outputs(pipe, config, device, positive)
+    stages["first_forwards_s"] = time.perf_counter() - t0  # each expert's first call: compile and autotune land here
+    np.savez(out / CHECK_FILE, **check)  # type: ignore[arg-type]
+    check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
+    if config.measurement.mode == "probe":
+        measured = _probe(pipe, config, device, positive, negative, text_s)
+        reasons = [] if check_finite else ["non-finite transformer output"]
+        measured["quality"] = {"passed": check_finite, "reasons": reasons, "finite": check_finite, "note": "probe mode: no clip"}
+        frames = None
+    else:
+        measured = _full(pipe, config, device, out, stages)
+        frames = measured.pop("frames")
     return {
         "status": "ok",
         "trial": config.name,
@@ -78,12 +157,10 @@ def run(config: TrialConfig) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "versions": versions(),
         "stages": stages,
-        "first_call": warmups[0].timings() if warmups else None,
-        "repeats": [g.timings() for g in timed],
-        "summary": pipeline.summarize(timed),
-        "memory": _peak_memory(device),
-        "quality": quality,
-        "outputs": {"video": "video.mp4", "frames": "frames.npy"},
+        "setup": setup,
+        **measured,
+        "fidelity": _fidelity(config, out, frames),
+        "memory": _peak_memory(device) | {"build_" + k: v for k, v in build_memory.items()},
         "config": config.model_dump(),
     }
 

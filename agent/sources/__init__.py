@@ -21,8 +21,9 @@ class SourceError(ValueError):
 @dataclass(frozen=True)
 class ModelFiles:
     spec: str
-    path: Path
-    lora: dict[str, str] | None  # {"high_noise": path, "low_noise": path}, when the source has one
+    path: str  # a diffusers-layout folder, or the spec itself for a model built directly on the device
+    lora: dict[str, str] | None  # {"high_noise": path, "low_noise": path}, when the source has files
+    lightning: bool  # whether a Lightning LoRA exists (as files, or made in memory with the model)
 
 
 def _lora_beside(path: Path) -> dict[str, str] | None:
@@ -39,9 +40,11 @@ def resolve(spec: str, cache_dir: Path, seed: int = 0) -> ModelFiles:
         from agent.sources import synthetic
 
         try:
-            synthetic.preset(rest)
+            on_disk = synthetic.preset(rest).on_disk
         except ValueError as err:
             raise SourceError(f"model source {spec!r}: {err}") from None
+        if not on_disk:  # built on the device by the worker itself
+            return ModelFiles(spec=spec, path=spec, lora=None, lightning=True)
         path = synthetic.materialize(rest, seed, cache_dir)
     elif scheme == "local":
         path = Path(rest).expanduser()
@@ -49,4 +52,5 @@ def resolve(spec: str, cache_dir: Path, seed: int = 0) -> ModelFiles:
             raise SourceError(f"model source {spec!r}: no model_index.json in {path}; point it at a diffusers-layout folder")
     else:
         raise SourceError(f"model source {spec!r}: unknown scheme {scheme!r}; use one of {', '.join(s + ':' for s in SCHEMES)}")
-    return ModelFiles(spec=spec, path=path, lora=_lora_beside(path))
+    lora = _lora_beside(path)
+    return ModelFiles(spec=spec, path=str(path), lora=lora, lightning=lora is not None)

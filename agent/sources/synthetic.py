@@ -2,9 +2,12 @@
 
 No hub is reachable here, so the agent makes its own model: a two-expert diffusers ``WanPipeline``
 (``transformer`` high-noise, ``transformer_2`` low-noise), ``AutoencoderKLWan``, a UMT5 encoder and a
-locally made tokenizer, with weights fixed by a seed. It is saved in diffusers layout and loaded back
-with ``from_pretrained`` like a downloaded model, and comes with a Lightning LoRA pair in the lightx2v
-key layout so that the LoRA path is real too.
+locally made tokenizer, with weights fixed by a seed, plus a Lightning LoRA pair in the lightx2v key
+layout so that the LoRA path is real too.
+
+``tiny`` is saved in diffusers layout and loaded back with ``from_pretrained``, the path a downloaded
+model takes. Full-size presets (``a14b``) are built directly on the accelerator in the compute dtype
+(no fp32 copy, no disk): the compute is that of the real model, and it is ready in seconds.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import json
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B: the high-noise expert takes t >= 875
+_KEEP_FP32 = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # as from_pretrained does
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class SyntheticPreset:
     vae: dict
     vocab_size: int
     lora_rank: int
+    on_disk: bool  # saved and reloaded through from_pretrained, or built directly on the device
     flow_shift: float = 3.0
 
 
@@ -55,6 +61,37 @@ PRESETS: dict[str, SyntheticPreset] = {
         vae=dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
         vocab_size=256,
         lora_rank=4,
+        on_disk=True,
+    ),
+    # Wan-AI/Wan2.2-T2V-A14B-Diffusers: each expert 14.29 B parameters; UMT5-XXL encoder; Wan2.1 VAE.
+    "a14b": SyntheticPreset(
+        transformer=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=13824,
+            num_layers=40,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=1024,
+        ),
+        text_encoder=dict(
+            d_model=4096,
+            d_kv=64,
+            d_ff=10240,
+            num_layers=24,
+            num_heads=64,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+        ),
+        vae=dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]),
+        vocab_size=256384,
+        lora_rank=64,  # the Lightning Seko-V1.1 files are rank 64
+        on_disk=False,
     ),
 }
 
@@ -65,8 +102,32 @@ def preset(name: str) -> SyntheticPreset:
     return PRESETS[name]
 
 
-def build_pipeline(name: str, seed: int):
-    """Build the whole pipeline in memory (fp32, CPU) with weights drawn from ``seed``."""
+@contextmanager
+def _default_dtype(dtype):
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _keep_fp32_modules(model) -> None:
+    """Put back in fp32 the small modules that diffusers' from_pretrained keeps in fp32."""
+    import torch
+
+    for name, module in model.named_modules():
+        if any(key in name.split(".") for key in _KEEP_FP32):
+            module.to(torch.float32)
+    for name, param in model.named_parameters():
+        if any(key in name.split(".") for key in _KEEP_FP32):
+            param.data = param.data.float()
+
+
+def build_pipeline(name: str, seed: int, device="cpu", dtype=None):
+    """Build the whole pipeline with weights drawn from ``seed``, created directly on ``device`` in ``dtype``."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -74,12 +135,17 @@ def build_pipeline(name: str, seed: int):
     from agent.sources.tokenizer import build_t5_tokenizer
 
     p = preset(name)
-    tokenizer = build_t5_tokenizer(p.vocab_size)
+    dtype = dtype or torch.float32
+    tokenizer = build_t5_tokenizer(min(p.vocab_size, 256))
     torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval()
-    transformer = WanTransformer3DModel(**p.transformer)
-    transformer_2 = WanTransformer3DModel(**p.transformer)
-    vae = AutoencoderKLWan(**p.vae)
+    with torch.device(device), _default_dtype(dtype):
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval()
+        transformer = WanTransformer3DModel(**p.transformer)
+        transformer_2 = WanTransformer3DModel(**p.transformer)
+        vae = AutoencoderKLWan(**p.vae)
+    if dtype != torch.float32:
+        for expert in (transformer, transformer_2):
+            _keep_fp32_modules(expert)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=p.flow_shift)
     return WanPipeline(
         tokenizer=tokenizer,
@@ -92,23 +158,25 @@ def build_pipeline(name: str, seed: int):
     )
 
 
-def lightning_lora_state_dict(name: str, seed: int) -> dict:
+def lightning_lora_state_dict(name: str, seed: int, device="cpu", dtype=None) -> dict:
     """Random LoRA tensors in the lightx2v layout of the Wan2.2-Lightning files, shaped for ``name``."""
     import torch
 
+    dtype = dtype or torch.float32
     p = preset(name).transformer
     dim = p["num_attention_heads"] * p["attention_head_dim"]
     rank = preset(name).lora_rank
     shapes = {f"{attn}.{proj}": (dim, dim) for attn in ("self_attn", "cross_attn") for proj in "qkvo"}
     shapes |= {"ffn.0": (dim, p["ffn_dim"]), "ffn.2": (p["ffn_dim"], dim)}
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     tensors = {}
     for block in range(p["num_layers"]):
         for module, (fan_in, fan_out) in shapes.items():
             key = f"diffusion_model.blocks.{block}.{module}"
-            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen) / fan_in**0.5
-            tensors[f"{key}.lora_up.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.02
-            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+            down = torch.randn(rank, fan_in, generator=gen, device=device, dtype=dtype) / fan_in**0.5
+            tensors[f"{key}.lora_down.weight"] = down
+            tensors[f"{key}.lora_up.weight"] = torch.randn(fan_out, rank, generator=gen, device=device, dtype=dtype) * 0.02
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank), device=device)
     return tensors
 
 

@@ -18,9 +18,9 @@ def model() -> sources.ModelFiles:
 
 
 def test_written_in_diffusers_layout_with_a_lightning_pair(model):
-    index = (model.path / "model_index.json").read_text()
+    index = (Path(model.path) / "model_index.json").read_text()
     for part in ("transformer", "transformer_2", "text_encoder", "tokenizer", "vae", "scheduler"):
-        assert f'"{part}"' in index and (model.path / part).is_dir()
+        assert f'"{part}"' in index and (Path(model.path) / part).is_dir()
     assert model.lora is not None and all(Path(p).is_file() for p in model.lora.values())
     assert sources.resolve("synthetic:tiny", Path(os.environ["WAN_AGENT_CACHE"])).path == model.path  # built once
 
@@ -51,7 +51,7 @@ def test_lightning_lora_fuses_into_both_experts(model):
 
 
 def test_unknown_sources_say_what_exists(tmp_path):
-    with pytest.raises(sources.SourceError, match="known: tiny"):
+    with pytest.raises(sources.SourceError, match="known: a14b, tiny"):
         sources.resolve("synthetic:huge", tmp_path)
     with pytest.raises(sources.SourceError, match="no model_index.json"):
         sources.resolve(f"local:{tmp_path}", tmp_path)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 
 from agent import sources, trials
@@ -50,7 +51,7 @@ def test_writes_timings_per_stage_and_step_and_a_playable_video(model, tmp_path)
     code, result, log = work(config(model, tmp_path / "t", steps=6, guidance_scale=4.0))
     assert code == 0, log
     assert result["status"] == "ok"
-    assert set(result["stages"]) >= {"load_s", "to_device_s", "save_s"}
+    assert set(result["stages"]) >= {"load_s", "prepare_s", "save_s"}
     assert len(result["repeats"]) == 2 and result["first_call"] is not None
     for rep in result["repeats"]:
         assert len(rep["step_s"]) == 6 and all(s > 0 for s in rep["step_s"])
@@ -82,3 +83,65 @@ def test_an_invalid_trial_file_exits_2(tmp_path):
     bad.write_text(json.dumps({"name": "x", "workload": {"height": 100}}))
     done = subprocess.run([sys.executable, "-m", "agent.runtime.worker", str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and "workload.height" in done.stderr
+
+
+def test_probe_mode_predicts_the_clip_and_writes_the_check_output(model, tmp_path):
+    cfg = config(model, tmp_path / "p", steps=8).model_copy(
+        update={"measurement": Measurement(warmup=1, repeats=1, mode="probe")}
+    )
+    code, result, log = work(cfg)
+    assert code == 0, log
+    probe = result["probe"]
+    assert probe["steps"]["transformer"] + probe["steps"]["transformer_2"] == 8
+    assert set(probe["step_s"]) == {"transformer", "transformer_2"}
+    assert result["summary"]["predicted"] is True
+    assert result["summary"]["denoise_s"] == pytest.approx(sum(probe["steps"][n] * probe["step_s"][n] for n in probe["step_s"]))
+    assert result["quality"]["passed"] and not (tmp_path / "p" / "video.mp4").exists()
+    assert set(np.load(tmp_path / "p" / "check_output.npz").files) == {"transformer", "transformer_2"}
+
+
+def test_fidelity_against_a_reference_trial(model, tmp_path):
+    base = config(model, tmp_path / "base")
+    assert work(base)[0] == 0
+    same = base.model_copy(update={"name": "same", "output_dir": str(tmp_path / "same"), "reference_dir": str(tmp_path / "base")})
+    code, result, log = work(same)
+    assert code == 0, log
+    assert result["fidelity"]["relative_error"] == {"transformer": 0.0, "transformer_2": 0.0}
+    assert result["fidelity"]["psnr_dB"] == float("inf") and result["fidelity"]["ssim"] == pytest.approx(1.0)
+    fp8 = same.model_copy(
+        update={"name": "fp8", "output_dir": str(tmp_path / "fp8"), "knobs": base.knobs.model_copy(update={"fp8": "layerwise"})}
+    )
+    code, result, log = work(fp8)
+    assert code == 0, log
+    assert 0 < result["fidelity"]["relative_error"]["transformer"] < 0.2
+    assert result["fidelity"]["ssim"] < 1.0
+
+
+def test_attention_backend_is_probed_before_use(model, tmp_path):
+    code, result, log = work(config(model, tmp_path / "math", attention="_native_math"))
+    assert code == 0, log
+    assert result["setup"]["attention_probe"]["usable"] and result["setup"]["attention_probe"]["relative_error"] < 2e-2
+    code, result, _ = work(config(model, tmp_path / "flash", attention="flash"))
+    assert code == 1
+    assert result["error"]["type"] == "BackendUnavailable" and "flash" in result["error"]["message"]
+
+
+def test_model_built_directly_on_the_device_with_lightning_in_memory(tmp_path):
+    direct = TrialConfig(
+        name="direct",
+        model_path="synthetic:tiny",
+        output_dir=str(tmp_path / "direct"),
+        workload=Workload(prompt="a cat", height=48, width=64, frames=9, seed=7),
+        knobs=Knobs(lightning=True, steps=4, guidance_scale=1.0, guidance_scale_2=1.0, flow_shift=5.0),
+        measurement=Measurement(warmup=0, repeats=1),
+    )
+    code, result, log = work(direct)
+    assert code == 0, log
+    assert "lora_fuse_s" in result["stages"] and result["quality"]["passed"]
+
+
+def test_regional_compile_reports_its_first_call_apart(model, tmp_path):
+    code, result, log = work(config(model, tmp_path / "c", steps=2, compile="regional"))
+    assert code == 0, log
+    assert result["stages"]["first_forwards_s"] > 1.0  # Inductor compiling the block, kept out of the timed clips
+    assert result["quality"]["passed"]

@@ -1,0 +1,65 @@
+"""Attention backends: which of diffusers' dispatch backends can run here, checked before a trial uses one.
+
+A backend is usable only if (1) its package imports, (2) it runs on the trial's own shape, dtype and
+device, and (3) it agrees with PyTorch SDPA (diffusers' ``native``) within ``TOLERANCE``. A backend that
+fails any check is skipped with the reason, never silently swapped for another.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from agent.quality import relative_error
+
+# Relative L2 error against SDPA. bf16 kernels land near 3e-3 at Wan's shape; INT8-QK kernels
+# (SageAttention) near 1.3e-2 (../shared/PERF.md). Above 2e-2 the kernel computes something else.
+TOLERANCE = 2e-2
+# Backends that fetch their kernel from the Hub at first use: nothing can be fetched on these servers.
+OFFLINE_UNUSABLE_SUFFIX = "_hub"
+
+
+def known_backends() -> list[str]:
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [b.value for b in AttentionBackendName]
+
+
+def self_attention_shape(transformer_config: dict, height: int, width: int, frames: int) -> tuple[int, int, int, int]:
+    """(batch, tokens, heads, head_dim) of the DiT's self-attention for a clip of this size."""
+    t, h, w = transformer_config["patch_size"]
+    latent_frames = (frames - 1) // 4 + 1
+    tokens = (latent_frames // t) * (height // 8 // h) * (width // 8 // w)
+    return 1, tokens, transformer_config["num_attention_heads"], transformer_config["attention_head_dim"]
+
+
+def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> dict:
+    """Check backend ``name`` on ``shape``; return {"usable", "reason", "relative_error", "ms", ...}."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend, dispatch_attention_fn
+
+    report: dict = {"backend": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "tolerance": TOLERANCE}
+    if name not in known_backends():
+        return report | {"usable": False, "reason": f"unknown backend; diffusers offers: {', '.join(known_backends())}"}
+    if name.endswith(OFFLINE_UNUSABLE_SUFFIX):
+        return report | {"usable": False, "reason": "downloads its kernel from the Hub at first use; not possible offline"}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
+    reference = dispatch_attention_fn(q, k, v, backend=AttentionBackendName.NATIVE)
+    try:
+        with attention_backend(name):
+            out = dispatch_attention_fn(q, k, v)  # warm-up (and first-use compilation)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            out = dispatch_attention_fn(q, k, v)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ms = (time.perf_counter() - t0) * 1000
+    except Exception as err:  # missing package, unsupported GPU or dtype, shape constraint: all mean "skip"
+        return report | {"usable": False, "reason": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    error = relative_error(out.float().cpu().numpy(), reference.float().cpu().numpy())
+    report |= {"relative_error": error, "ms": ms}
+    if not error <= TOLERANCE:  # also catches NaN
+        return report | {"usable": False, "reason": f"disagrees with SDPA: relative error {error:.2e} > {TOLERANCE:.0e}"}
+    return report | {"usable": True, "reason": f"agrees with SDPA (relative error {error:.2e})"}

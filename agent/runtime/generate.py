@@ -1,0 +1,142 @@
+"""Generates one clip with a prepared pipeline, timing text encoding, every denoising step and the VAE decode.
+
+CFG per expert: diffusers decides CFG for every step from the first guidance scale (WAN-FACTS), so an
+expert at guidance 1.0 would still run its unconditional forward and then weight it by zero. We flip
+the pipeline's ``_guidance_scale`` at the expert switch so that such an expert skips that forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from agent.runtime.config import TrialConfig
+from agent.runtime.pipeline import synchronize
+
+OnStep = Callable[[int, int, str, float], None]
+
+
+@dataclass
+class Generation:
+    """One generated clip and where its time went."""
+
+    frames: np.ndarray  # (frames, height, width, 3), float in [0, 1]
+    text_encode_s: float
+    step_s: list[float] = field(default_factory=list)
+    step_expert: list[str] = field(default_factory=list)
+    vae_decode_s: float = 0.0
+
+    @property
+    def denoise_s(self) -> float:
+        return sum(self.step_s)
+
+    @property
+    def total_s(self) -> float:
+        return self.text_encode_s + self.denoise_s + self.vae_decode_s
+
+    def timings(self) -> dict:
+        return {
+            "text_encode_s": self.text_encode_s,
+            "denoise_s": self.denoise_s,
+            "vae_decode_s": self.vae_decode_s,
+            "total_s": self.total_s,
+            "step_s": self.step_s,
+            "step_expert": self.step_expert,
+        }
+
+
+def boundary_timestep(pipe) -> float:
+    return pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+
+
+def expert_for(pipe, timestep) -> str:
+    return "transformer" if float(timestep) >= boundary_timestep(pipe) else "transformer_2"
+
+
+def encode(pipe, config: TrialConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Prompt (and, if either expert runs CFG, negative prompt) embeddings on ``device``, and the seconds it took."""
+    knobs, work = config.knobs, config.workload
+    cfg = max(knobs.guidance_scale, knobs.guidance_scale_2) > 1.0
+    text_device = pipe.text_encoder.device if knobs.text_encoder_on_cpu else device
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        positive, negative = pipe.encode_prompt(
+            prompt=work.prompt, negative_prompt=work.negative_prompt, do_classifier_free_guidance=cfg, device=text_device
+        )
+    positive = positive.to(device)
+    negative = negative.to(device) if negative is not None else None
+    synchronize(device)
+    return positive, negative, time.perf_counter() - t0
+
+
+def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -> Generation:
+    """Generate one clip; ``on_step(index, total, expert, seconds)`` is called after every denoising step."""
+    knobs, work = config.knobs, config.workload
+    positive, negative, text_s = encode(pipe, config, device)
+    gen = Generation(frames=np.empty(0), text_encode_s=text_s)
+    guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
+    last = [time.perf_counter()]
+
+    def step_end(pipeline, index, timestep, kwargs):
+        synchronize(device)
+        now = time.perf_counter()
+        expert = expert_for(pipeline, timestep)
+        gen.step_s.append(now - last[0])
+        gen.step_expert.append(expert)
+        on_step(index, knobs.steps, expert, now - last[0])
+        timesteps = pipeline.scheduler.timesteps
+        if index + 1 < len(timesteps):  # CFG on or off for the expert that takes the next step
+            pipeline._guidance_scale = guidance[expert_for(pipeline, timesteps[index + 1])]
+        last[0] = time.perf_counter()
+        return kwargs
+
+    latents = pipe(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=work.height,
+        width=work.width,
+        num_frames=work.frames,
+        num_inference_steps=knobs.steps,
+        guidance_scale=knobs.guidance_scale,
+        guidance_scale_2=knobs.guidance_scale_2,
+        generator=torch.Generator(device="cpu").manual_seed(work.seed),
+        output_type="latent",
+        callback_on_step_end=step_end,
+    ).frames
+    t0 = time.perf_counter()
+    gen.frames = decode(pipe, latents)
+    synchronize(device)
+    gen.vae_decode_s = time.perf_counter() - t0
+    return gen
+
+
+def decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Latents to frames in [0, 1], as WanPipeline does after its loop (un-normalise, VAE decode)."""
+    vae = pipe.vae
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    latents = latents.to(vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents)
+    with torch.inference_mode():
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video.float(), output_type="np")
+    return frames[0]
+
+
+def summarize(runs: list[Generation]) -> dict:
+    """Median figures over the timed repeats, with their spread (max - min) as the measured noise."""
+    totals = [g.total_s for g in runs]
+    return {
+        "generate_s": statistics.median(totals),
+        "spread_s": max(totals) - min(totals),
+        "text_encode_s": statistics.median(g.text_encode_s for g in runs),
+        "denoise_s": statistics.median(g.denoise_s for g in runs),
+        "vae_decode_s": statistics.median(g.vae_decode_s for g in runs),
+        "step_s": statistics.median(s for g in runs for s in g.step_s),
+        "repeats": len(runs),
+    }

@@ -1,0 +1,106 @@
+"""What only a CUDA GPU can show: FP8 compute, offload modes, the memory-capped offload choice, NVML.
+Skipped without CUDA; run on the device machine (see benchmarks/README.md)."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.runtime import memory, worker
+from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
+from agent.sources import synthetic
+from agent.telemetry import Sampler
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA = torch.device("cuda")
+FP8_CAPABLE = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def trial(tmp_path: Path, name: str, fraction: float | None = None, **knobs) -> dict:
+    config = TrialConfig(
+        name=name,
+        model_path="synthetic:tiny",
+        output_dir=str(tmp_path / name),
+        device="cuda",
+        gpu_memory_fraction=fraction,
+        reference_dir=str(tmp_path / "base") if name != "base" else None,
+        workload=Workload(prompt="A cat walking on the grass", height=96, width=160, frames=17, seed=3),
+        knobs=Knobs(**{"steps": 6} | knobs),
+        measurement=Measurement(warmup=1, repeats=2),
+    )
+    (tmp_path / name).mkdir()
+    return worker.run(config)
+
+
+@pytest.fixture
+def base(tmp_path):
+    return trial(tmp_path, "base")
+
+
+@pytest.mark.skipif(not FP8_CAPABLE, reason="FP8 compute needs compute capability >= 8.9")
+@pytest.mark.parametrize("mode", ["torchao_row", "torchao_tensor"])
+def test_fp8_compute_runs_and_stays_close_to_bf16(tmp_path, base, mode):
+    result = trial(tmp_path, mode, fp8=mode)
+    assert result["quality"]["passed"]
+    for error in result["fidelity"]["relative_error"].values():
+        assert 0 < error < 0.1
+
+
+@pytest.mark.parametrize("mode", ["model", "group", "sequential"])
+def test_offload_modes_run_and_compute_the_same_function(tmp_path, base, mode):
+    result = trial(tmp_path, mode, offload=mode, vae_tiling=True)
+    assert result["setup"]["offload"] == mode and result["quality"]["passed"]
+    for error in result["fidelity"]["relative_error"].values():
+        assert error < 1e-2
+
+
+def test_text_encoder_on_cpu(tmp_path, base):
+    result = trial(tmp_path, "te-cpu", text_encoder_on_cpu=True)
+    assert result["quality"]["passed"] and max(result["fidelity"]["relative_error"].values()) < 1e-2
+
+
+def test_auto_offload_follows_the_memory_cap():
+    skeleton = synthetic.build_pipeline("a14b", 0, device="meta", dtype=torch.bfloat16)
+    total = torch.cuda.get_device_properties(CUDA).total_memory
+
+    def config(fraction):
+        return TrialConfig(
+            name="x",
+            model_path="synthetic:a14b",
+            output_dir="/tmp",
+            gpu_memory_fraction=fraction,
+            workload=Workload(prompt="x", height=480, width=832, frames=81, seed=0),
+            knobs=Knobs(offload="auto"),
+        )
+
+    need = memory.needs(skeleton, config(None).workload, False, False, False)
+    for fraction, expected in (
+        (min(1.0, 1.2 * need["none"] / total), "none"),
+        (1.2 * need["model"] / total, "model"),
+        (1.2 * need["group"] / total, "group"),
+    ):
+        if fraction <= 1.0 and need[expected] / memory.FIT_MARGIN < torch.cuda.mem_get_info()[0]:
+            assert memory.choose("auto", skeleton, config(fraction), CUDA)[0] == expected
+
+
+def test_auto_offload_under_a_real_cap_runs(tmp_path):
+    # Half the card is capped away; the tiny model still fits, and the choice says against what budget.
+    result = trial(tmp_path, "capped", fraction=0.5, offload="auto")
+    budget = float(result["setup"]["offload_reason"].split(" GiB free")[0].split()[-1])
+    assert result["setup"]["offload"] == "none" and budget <= 0.5 * torch.cuda.get_device_properties(CUDA).total_memory / 2**30
+
+
+def test_nvml_measures_power_and_energy(tmp_path):
+    sampler = Sampler(tmp_path / "t.csv", lambda: os.getpid(), interval_s=0.1).start()
+    a = torch.randn(8192, 8192, device=CUDA, dtype=torch.bfloat16)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        a @ a
+    torch.cuda.synchronize()
+    summary = sampler.stop()
+    assert summary["nvml"] == "ok"
+    assert summary["mean_power_W"] > 0 and summary["energy_J"] > 0 and summary["peak_gpu_mem_used_GiB"] > 0
+    assert np.isfinite(summary["mean_gpu_util_pct"])
