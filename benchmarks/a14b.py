@@ -143,7 +143,8 @@ def section_forward(args) -> dict:
         ),
     ]
     reference = None
-    results = []
+    results: list[dict] = []
+    partial = args.out / "forward.json"  # rewritten after every rung: a run cut short keeps what it measured
     for label, rung in rungs:
         if args.only and not any(k in label for k in args.only.split(",")):
             continue
@@ -184,6 +185,7 @@ def section_forward(args) -> dict:
                 row["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
         print(json.dumps(row), flush=True)
         results.append(row)
+        partial.write_text(json.dumps({"tokens": tokens, "flop": flop, "rungs": results, "partial": True}, indent=2))
         del model
         gc.collect()
         torch.cuda.empty_cache() if dev.type == "cuda" else None
