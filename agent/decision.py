@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected"]
+Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected", "skipped"]
+# Errors that mean "this machine cannot run that rung", not "the rung is broken": the rung is skipped.
+CANNOT_RUN_HERE = ("BackendUnavailable", "UnsupportedOnHardware")
 
 
 def failure_reason(outcome: dict) -> str | None:
@@ -23,14 +25,26 @@ def failure_reason(outcome: dict) -> str | None:
     return None
 
 
-def judge(outcome: dict, best: dict | None, min_gain: float) -> tuple[Verdict, str]:
-    """Decide on a finished trial. ``best`` is the current best trial's record (None before the baseline)."""
+def judge(outcome: dict, best: dict | None, min_gain: float, max_relative_error: float | None = None) -> tuple[Verdict, str]:
+    """Decide on a finished trial. ``best`` is the current best trial's record (None before the baseline);
+    ``max_relative_error`` is given for same-function rungs, whose output must match the baseline's."""
     failed = failure_reason(outcome)
     if failed:
-        return "failed", failed
+        error_type = ((outcome.get("result") or {}).get("error") or {}).get("type")
+        return ("skipped" if error_type in CANNOT_RUN_HERE else "failed"), failed
     result = outcome["result"]
     if not result["quality"]["passed"]:
         return "rejected", "output is broken, not slow: " + "; ".join(result["quality"]["reasons"])
+    errors: dict[str, float] = (result.get("fidelity") or {}).get("relative_error") or {}
+    if max_relative_error is not None and best is not None:
+        if not errors:
+            return "rejected", "same-function rung without a fidelity measurement against the baseline"
+        for name, error in errors.items():
+            if not error <= max_relative_error:  # NaN fails too
+                return "rejected", (
+                    f"computes a different function: {name}'s output differs from the baseline's by "
+                    f"{error:.1e} (relative), more than {max_relative_error:.0e}"
+                )
     time_s, spread_s = result["summary"]["generate_s"], result["summary"]["spread_s"]
     if best is None:
         return "baseline", f"the reference for every rung: {time_s:.3f} s per clip (spread {spread_s:.3f} s)"

@@ -39,14 +39,14 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
         return [*lines, "_Running, or interrupted: no decision yet._", ""]
     if "generate_s" in decision:
         lines += [
-            f"**Figures.** {_fmt_s(decision['generate_s'])} per clip (median of {decision['repeats']}, spread "
+            f"**Figures.** {_fmt_s(decision['generate_s'])} per clip "
+            f"({'predicted from probe-mode steps, ' if decision.get('predicted') else ''}median of {decision['repeats']}, spread "
             f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
             f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step), VAE decode "
             f"{_fmt_s(decision['vae_decode_s'])}; load {_fmt_s(decision['stages'].get('load_s'))}; peak memory "
             f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}.",
             "",
-            f"**Quality.** {'passed' if decision['quality']['passed'] else 'FAILED'} (pixel std "
-            f"{decision['quality']['std']:.3f}, mean change between frames {decision['quality']['temporal_diff'] or 0:.4f}).",
+            f"**Quality.** {_quality(decision)}",
             "",
         ]
     lines += [f"**Decision: {decision['verdict']}.** {decision['reason']}", ""]
@@ -54,6 +54,19 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
         fence = _fence(decision["log_tail"])
         lines += ["Last lines of its log:", "", fence, decision["log_tail"], fence, ""]
     return lines
+
+
+def _quality(decision: dict) -> str:
+    q, fid = decision["quality"], decision.get("fidelity") or {}
+    text = "passed" if q["passed"] else "FAILED: " + "; ".join(q["reasons"])
+    if "std" in q:
+        text += f" (pixel std {q['std']:.3f}, mean change between frames {q['temporal_diff'] or 0:.4f})"
+    if fid.get("relative_error"):
+        errors = ", ".join(f"{name} {error:.1e}" for name, error in fid["relative_error"].items())
+        text += f". Against the baseline: transformer output relative error {errors}"
+        if fid.get("comparable"):
+            text += f"; frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}"
+    return text + "."
 
 
 def _table(decisions: list[dict]) -> list[str]:

@@ -43,6 +43,9 @@ class Rung(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
     hypothesis: str = Field(min_length=1)
     set: dict[str, Any] = Field(min_length=1)
+    # fidelity: the rung must compute the same function (FP8, compile, attention): its transformer output on a
+    # fixed input must match the baseline's. reference_free: a distilled rung (Lightning) is judged on its own output.
+    gate: Literal["fidelity", "reference_free"] = "fidelity"
 
 
 class Timeouts(Strict):
@@ -52,6 +55,9 @@ class Timeouts(Strict):
 
 class Decision(Strict):
     min_gain: float = Field(default=0.02, ge=0, lt=1)  # a rung must also beat the best by this fraction
+    # Same-function rungs: largest relative error of either expert's output against the baseline's. FP8 lands
+    # at 2-5 % on the A14B (docs/benchmarks.md); beyond 10 % the rung computes something else.
+    max_relative_error: float = Field(default=0.1, gt=0)
 
 
 class Playbook(Strict):

@@ -4,13 +4,14 @@ Sections (run any subset; each writes OUT/<section>.json as soon as it is done):
   env        GPU, driver, versions, and the measured ceilings (bf16 matmul, FP8 scaled matmul)
   attention  every diffusers attention backend probed at the clip's self-attention shape
   forward    one expert's forward per rung (eager/compiled, bf16/FP8, attention) against the FLOP floor
-  clips      the 40-step CFG baseline (probe mode, extrapolated) and the Lightning configuration
-             (full clips, and probe mode to check the prediction), with peak memory and NVML energy
+  baseline   the 40-step CFG baseline through the trial worker in probe mode (the clip is extrapolated)
+  lightning  the converged Lightning configuration, built once: full clips (median, NVML energy, peak
+             memory), then probe mode on the same pipeline to check its prediction
 Then `--report` turns the JSON files into Markdown (docs/benchmarks.md).
 
   python benchmarks/a14b.py --out OUT --sections env,attention,forward
   python benchmarks/a14b.py --out OUT --report > docs/benchmarks.md
-  python benchmarks/a14b.py --out /tmp/smoke --model tiny --size 48x64x9 --sections env,attention,forward,clips   # CPU smoke
+  python benchmarks/a14b.py --out /tmp/smoke --model tiny --size 48x64x9 --attention native --repeats 2   # CPU smoke
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.hardware import versions  # noqa: E402
-from agent.runtime import attention  # noqa: E402
+from agent.runtime import attention, pipeline  # noqa: E402
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload  # noqa: E402
 from agent.runtime.probe import _timer  # noqa: E402
 from agent.sources import synthetic  # noqa: E402
@@ -149,18 +150,19 @@ def section_forward(args) -> dict:
         if args.only and not any(k in label for k in args.only.split(",")):
             continue
         torch._dynamo.reset()
-        model = _expert(args)
+        model, forward = _expert(args), None
         try:
             if "attention" in rung:
                 model.set_attention_backend(rung["attention"])
             if "fp8" in rung:
-                quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=rung["fp8"]()))
+                fp8 = Float8DynamicActivationFloat8WeightConfig(granularity=rung["fp8"]())
+                quantize_(model, fp8, filter_fn=pipeline.fp8_compute_filter)
             if rung.get("compile") == "regional":
                 model.compile_repeated_blocks(fullgraph=True)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
-            def forward(model=model):
+            def forward(model=model):  # noqa: F811
                 with torch.inference_mode():
                     return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
@@ -186,7 +188,7 @@ def section_forward(args) -> dict:
         print(json.dumps(row), flush=True)
         results.append(row)
         partial.write_text(json.dumps({"tokens": tokens, "flop": flop, "rungs": results, "partial": True}, indent=2))
-        del model
+        del model, forward  # forward holds the model as a default argument
         gc.collect()
         torch.cuda.empty_cache() if dev.type == "cuda" else None
     return {"tokens": tokens, "flop": flop, "rungs": results}
@@ -218,14 +220,16 @@ def _trial(args, name: str, knobs: Knobs, mode: str, repeats: int) -> dict:
     return result
 
 
-def section_clips(args) -> dict:
-    # The model card's settings; UMT5 stays on the CPU so that two bf16 experts and the VAE decode fit in 80 GB.
-    baseline = Knobs(
-        precision="bf16", steps=40, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=3.0, text_encoder_on_cpu=True
-    )
-    fast = Knobs(
+def section_lightning(args) -> dict:
+    """The converged configuration, built once: full clips (median, energy), then probe mode on the same pipeline."""
+    from agent.runtime import probe
+    from agent.runtime.generate import encode, generate, summarize
+    from agent.telemetry import Nvml
+
+    dev = device()
+    knobs = Knobs(
         precision="bf16",
-        fp8="torchao_row" if device().type == "cuda" else "none",
+        fp8="torchao_row" if dev.type == "cuda" else "none",
         lightning=True,
         steps=4,
         guidance_scale=1.0,
@@ -234,20 +238,70 @@ def section_clips(args) -> dict:
         compile="regional",
         attention=args.attention,
     )
-    return {
-        "baseline_probe": _trial(args, "baseline-probe", baseline, "probe", args.repeats),
-        "lightning_full": _trial(args, "lightning-full", fast, "full", args.repeats),
-        "lightning_probe": _trial(args, "lightning-probe", fast, "probe", args.repeats),
-    }
+    out = Path(args.work_dir) / "lightning"
+    out.mkdir(parents=True, exist_ok=True)
+    measurement = Measurement(warmup=1, repeats=args.repeats, mode="full", probe_steps=args.repeats)
+    config = TrialConfig(
+        name="lightning",
+        model_path=f"synthetic:{args.model}",
+        output_dir=str(out),
+        workload=workload(args),
+        knobs=knobs,
+        measurement=measurement,
+    )
+    partial = args.out / "lightning.json"
+    report: dict = {"config": config.model_dump()}
+
+    def save(**fields) -> None:
+        report.update(fields)
+        partial.write_text(json.dumps(report, indent=2, default=str))
+        print(json.dumps({k: v for k, v in fields.items() if k != "repeats"}, default=str)[:800], flush=True)
+
+    t0 = time.perf_counter()
+    pipe, stages, setup = pipeline.build(config, dev)
+    save(stages=stages, setup=setup, build_s=time.perf_counter() - t0)
+    positive, _, _ = encode(pipe, config, dev)
+    t0 = time.perf_counter()
+    probe.check_outputs(pipe, config, dev, positive)  # each expert's first call: compilation lands here
+    save(first_forwards_s=time.perf_counter() - t0)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    warm = generate(pipe, config, dev, lambda *_: None)
+    save(first_clip=warm.timings())
+    nvml = Nvml()
+    start = nvml.sample().get("energy_J")
+    clips = [generate(pipe, config, dev, lambda *_: None) for _ in range(args.repeats)]
+    end = nvml.sample().get("energy_J")
+    summary = summarize(clips)
+    if start is not None and end is not None:
+        summary["energy_per_clip_J"] = (end - start) / len(clips)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    save(summary=summary, repeats=[c.timings() for c in clips], peak_gpu_allocated_GiB=peak)
+    positive, negative, _ = encode(pipe, config, dev)
+    save(probe=probe.probe(pipe, config, dev, positive, negative, lambda _: None))
+    return report
 
 
-SECTIONS = {"env": section_env, "attention": section_attention, "forward": section_forward, "clips": section_clips}
+def section_baseline(args) -> dict:
+    """The model card's settings (bf16, 40 steps, CFG on both experts) in probe mode: the clip is extrapolated."""
+    # VAE tiling so that two bf16 experts, UMT5-XXL and the decode fit in 80 GB.
+    knobs = Knobs(precision="bf16", steps=40, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=3.0, vae_tiling=True)
+    return _trial(args, "baseline-probe", knobs, "probe", args.repeats)
+
+
+SECTIONS = {
+    "env": section_env,
+    "attention": section_attention,
+    "forward": section_forward,
+    "baseline": section_baseline,
+    "lightning": section_lightning,
+}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--sections", default="env,attention,forward,clips")
+    p.add_argument("--sections", default="env,attention,forward,baseline,lightning")
     p.add_argument("--model", default="a14b")
     p.add_argument("--size", default="480x832x81", help="HxWxFRAMES")
     p.add_argument("--repeats", type=int, default=3)

@@ -76,17 +76,6 @@ def _attention(att: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _stage_row(label: str, r: dict) -> str:
-    s = r["summary"]
-    mem = r["memory"].get("peak_gpu_allocated_GiB")
-    energy = s.get("energy_per_clip_J")
-    stages = f"{s['text_encode_s']:.2f} s | {s['denoise_s']:.2f} s | {s['vae_decode_s']:.2f} s"
-    return (
-        f"| {label} | {s['generate_s']:.2f} s | {stages} | {_f(mem, '.1f', ' GiB')} | {_f(energy, '.0f', ' J')} | "
-        f"{_knobs(r['config']['knobs'])} |"
-    )
-
-
 def _knobs(k: dict) -> str:
     parts = [
         k["precision"],
@@ -97,59 +86,115 @@ def _knobs(k: dict) -> str:
         f"shift {k['flow_shift']:g}",
         f"attention {k['attention']}",
         f"compile {k['compile']}" if k["compile"] != "none" else "",
+        "VAE tiling" if k["vae_tiling"] else "",
         "UMT5 on CPU" if k["text_encoder_on_cpu"] else "",
     ]
     return ", ".join(p for p in parts if p)
 
 
-def _clips(clips: dict) -> list[str]:
+def _clips(base: dict | None, fast: dict | None) -> list[str]:
     lines = [
-        "| configuration | clip | text encoding | denoising | VAE decode | peak GPU memory | energy per clip | knobs |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | clip | text encoding | denoising | VAE decode | peak GPU memory | energy per clip |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    base, full, probe = clips.get("baseline_probe"), clips.get("lightning_full"), clips.get("lightning_probe")
-    if base:
-        lines.append(_stage_row("40-step CFG baseline (extrapolated from probe mode)", base))
-    if full:
-        lines.append(_stage_row("Lightning, converged (full clips, median)", full))
-    if probe:
-        lines.append(_stage_row("Lightning (probe mode)", probe))
+    for label, r, memory in (
+        (
+            "40-step CFG baseline: extrapolated from probe mode",
+            base,
+            (base or {}).get("memory", {}).get("peak_gpu_allocated_GiB"),
+        ),
+        ("Lightning, converged: full clips, median", fast, (fast or {}).get("peak_gpu_allocated_GiB")),
+    ):
+        if r is None:
+            continue
+        s = r["summary"]
+        lines.append(
+            f"| {label} | **{s['generate_s']:.2f} s** | {s['text_encode_s']:.2f} s | {s['denoise_s']:.2f} s | "
+            f"{s['vae_decode_s']:.2f} s | {_f(memory, '.1f', ' GiB')} | {_f(s.get('energy_per_clip_J'), '.0f', ' J')} |"
+        )
     lines.append("")
-    if full and probe:
-        measured, predicted = full["summary"]["denoise_s"], probe["summary"]["denoise_s"]
-        lines.append(
-            f"Probe mode predicted the Lightning clip's denoising at {predicted:.3f} s; the full clips measured "
-            f"{measured:.3f} s: {100 * (predicted - measured) / measured:+.1f} %."
-        )
     if base:
-        p = base["probe"]
+        knobs = base.get("config", {}).get("knobs")
         lines.append(
-            f"Baseline steps: {p['steps']['transformer']} high-noise + {p['steps']['transformer_2']} low-noise, each 2 "
-            f"forwards (CFG); one step: {p['step_s']['transformer']:.2f} s / {p['step_s']['transformer_2']:.2f} s."
+            f"- Baseline: {_knobs(knobs) if knobs else 'bf16, 40 steps, CFG 4/3, shift 3, attention native, VAE tiling'}; "
+            f"{s_steps(base)}"
         )
-    if base and full:
+    if fast:
         lines.append(
-            f"Speed-up of the converged configuration over the baseline: "
-            f"**{base['summary']['generate_s'] / full['summary']['generate_s']:.1f}×**."
+            f"- Lightning: {_knobs(fast['config']['knobs'])}; {fast['summary']['repeats']} clips after one warm-up "
+            f"(spread {fast['summary']['spread_s']:.2f} s). Set-up: built in {fast['build_s']:.0f} s, "
+            f"first call of each expert (FP8 quantization kernels, Inductor compile) {fast['first_forwards_s']:.0f} s."
+        )
+        measured, predicted = fast["summary"]["denoise_s"], fast["probe"]["predicted_denoise_s"]
+        lines.append(
+            f"- Probe mode on the same pipeline predicted the denoising at {predicted:.3f} s against {measured:.3f} s "
+            f"measured over full clips: {100 * (predicted - measured) / measured:+.1f} %."
+        )
+    if base and fast:
+        lines.append(
+            f"- Speed-up of the converged configuration over the baseline: "
+            f"**{base['summary']['generate_s'] / fast['summary']['generate_s']:.1f}×**."
         )
     return [*lines, ""]
 
 
+def s_steps(base: dict) -> str:
+    s = base["summary"]
+    return f"one denoising step (two forwards, CFG) {s['step_s']:.2f} s, measured over {s['repeats']} steps per expert."
+
+
+def _gap(fast: dict, fwd: dict, env: dict, att: dict | None) -> list[str]:
+    """Where the Lightning clip's time goes, against the floor from the measured ceilings."""
+    flop, bf16, fp8 = fwd["flop"], env["bf16_matmul_TFLOPs"] * 1e12, env["fp8_matmul_TFLOPs"] * 1e12
+    attn_flop = flop["self_attention"] + flop["cross_attention"]
+    floor = flop["linear"] / fp8 + attn_flop / bf16
+    floor_fp8_attn = flop["total"] / fp8
+    s, steps = fast["summary"], fast["config"]["knobs"]["steps"]
+    per_step = s["denoise_s"] / steps
+    layers = 40
+    sdpa = next((b["ms"] for b in (att or {}).get("backends", []) if b["backend"] == fast["config"]["knobs"]["attention"]), None)
+    lines = [
+        f"Per denoising step the converged configuration takes {per_step:.2f} s; the floor for one forward with FP8 linear "
+        f"layers and bf16 attention, at the measured ceilings, is {floor:.2f} s ({flop['linear'] / fp8:.2f} s of linear "
+        f"layers, {attn_flop / bf16:.2f} s of attention), and {floor_fp8_attn:.2f} s with FP8 attention as well. "
+        f"Four steps at that floor are {steps * floor:.1f} s against {s['denoise_s']:.1f} s measured."
+    ]
+    if sdpa:
+        attn_s = layers * sdpa / 1000
+        lines.append(
+            f"Self-attention alone (the `{fast['config']['knobs']['attention']}` kernel, {sdpa:.1f} ms a layer, "
+            f"{flop['self_attention'] / layers / (sdpa / 1000) / 1e12:.0f} TFLOP/s) costs {attn_s:.2f} s of each step; "
+            f"the remaining {per_step - attn_s:.2f} s is the FP8 linear layers (floor {flop['linear'] / fp8:.2f} s), "
+            f"the quantisation of activations, norms, RoPE and modulation."
+        )
+    lines.append(
+        f"The clip's other terms: VAE decode {s['vae_decode_s']:.2f} s (bf16, untiled), text encoding "
+        f"{s['text_encode_s']:.2f} s. So of {s['generate_s']:.2f} s, {s['denoise_s'] - steps * floor:.1f} s is the DiT above "
+        f"its floor and {s['vae_decode_s']:.1f} s the VAE: those are the two places left to win."
+    )
+    return [*lines, ""]
+
+
 def render(out: Path) -> str:
-    env, att, fwd, clips = (_load(out, n) for n in ("env", "attention", "forward", "clips"))
+    env, att, fwd, base, fast = (_load(out, n) for n in ("env", "attention", "forward", "baseline", "lightning"))
     lines = [
         "# Benchmarks: Wan2.2-A14B (synthetic weights, real architecture)",
         "",
-        "Produced by `benchmarks/a14b.py` (see benchmarks/README.md); 480×832, 81 frames unless stated. "
-        "Random weights, built on the GPU from the real configs: the compute is that of the real model.",
+        f"Produced by `benchmarks/a14b.py` from the JSON files in `{out}` (see benchmarks/README.md). "
+        "480×832, 81 frames (21 latent frames, 32,760 tokens). Random weights built on the GPU from the real "
+        "configs: the compute is that of the real model, the pictures are noise.",
         "",
     ]
     if env:
         lines += ["## Machine", "", *_env(env)]
-    if clips:
-        lines += ["## Clips", "", *_clips(clips)]
+    if base or fast:
+        lines += ["## One clip", "", *_clips(base, fast)]
+    if fast and fwd and env:
+        lines += ["## The gap to the floor", "", *_gap(fast, fwd, env, att)]
     if fwd:
         lines += ["## One transformer forward per rung", "", *_forward(fwd, env)]
     if att:
         lines += ["## Attention backends", "", *_attention(att)]
+    if (out / "NOTES.md").exists():
+        lines += [(out / "NOTES.md").read_text()]
     return "\n".join(lines)

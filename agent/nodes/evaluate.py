@@ -22,7 +22,14 @@ def _figures(outcome: dict) -> dict:
         figures |= {
             k: summary[k] for k in ("generate_s", "spread_s", "text_encode_s", "denoise_s", "vae_decode_s", "step_s", "repeats")
         }
-        figures |= {"stages": result["stages"], "memory": memory, "quality": result["quality"], "device": result["device"]}
+        figures["predicted"] = bool(summary.get("predicted"))  # probe mode: the clip's time is extrapolated
+        figures |= {
+            "stages": result["stages"],
+            "memory": memory,
+            "quality": result["quality"],
+            "device": result["device"],
+            "fidelity": result.get("fidelity") or {},
+        }
         figures["peak_memory_GiB"] = memory.get("peak_gpu_allocated_GiB", memory["peak_rss_GiB"])
         figures["peak_memory_kind"] = "GPU allocated" if "peak_gpu_allocated_GiB" in memory else "process RSS"
     figures["telemetry"] = tele
@@ -35,8 +42,10 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     candidate, best = state["candidate"], state.get("best")
     assert candidate is not None
     outcome = candidate["outcome"]
-    verdict, reason = judge(outcome, best, state["playbook"]["decision"]["min_gain"])
-    record = {k: candidate[k] for k in ("index", "name", "rung", "hypothesis", "knobs", "dir")}
+    rules = state["playbook"]["decision"]
+    same_function = candidate.get("gate") == "fidelity"
+    verdict, reason = judge(outcome, best, rules["min_gain"], rules["max_relative_error"] if same_function else None)
+    record: dict = {k: candidate.get(k) for k in ("index", "name", "rung", "hypothesis", "gate", "knobs", "dir")}
     record |= {"verdict": verdict, "reason": reason, "session": outcome["session"], **_figures(outcome)}
     if "log_tail" in outcome:
         record["log_tail"] = outcome["log_tail"]

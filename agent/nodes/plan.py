@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 BASELINE: dict[str, Any] = {
     "name": "baseline",
     "set": {},
+    "gate": "reference_free",
     "hypothesis": "The model card's settings, unoptimised: the reference every rung is measured and judged against.",
 }
 
@@ -64,6 +65,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
         measurement=book.measurement,
         output_dir=str(trial_dir),
+        reference_dir=done[0]["dir"] if done and rung.get("gate") == "fidelity" else None,
     )
     trials.prepare(trial_dir, config)
     change = {k: [best_knobs.get(k), v] for k, v in knobs.model_dump().items() if best_knobs.get(k) != v} if done else {}
@@ -85,6 +87,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             "name": name,
             "rung": rung["name"],
             "hypothesis": rung["hypothesis"],
+            "gate": rung.get("gate", "fidelity"),
             "knobs": knobs.model_dump(),
             "dir": str(trial_dir),
         },

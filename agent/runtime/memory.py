@@ -86,6 +86,8 @@ def choose(requested: str, pipe, config, device: torch.device) -> tuple[str, str
 def place(pipe, mode: str, device: torch.device, text_encoder_on_cpu: bool) -> None:
     """Move the pipeline's components where ``mode`` says."""
     keep_on_cpu = {"text_encoder"} if text_encoder_on_cpu else set()
+    for name in keep_on_cpu:  # a model built on the device starts there
+        getattr(pipe, name).to("cpu")
     if mode == "none":
         for name in COMPONENTS:
             module = getattr(pipe, name, None)

@@ -64,7 +64,17 @@ def _apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
 
     granularity = PerRow() if knobs.fp8 == "torchao_row" else PerTensor()
     for expert in experts(pipe):
-        quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=granularity))
+        quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=granularity), filter_fn=fp8_compute_filter)
+
+
+def fp8_compute_filter(module: torch.nn.Module, fqn: str) -> bool:
+    """The linear layers FP8 compute applies to: those in the transformer blocks, in bf16/fp16. The
+    time and text embedders stay in fp32 (diffusers keeps them so), and row-wise FP8 refuses fp32."""
+    return (
+        isinstance(module, torch.nn.Linear)
+        and fqn.startswith("blocks.")
+        and module.weight.dtype in (torch.bfloat16, torch.float16)
+    )
 
 
 def _set_attention(pipe, config: TrialConfig, dtype: torch.dtype, device: torch.device) -> dict:
@@ -97,13 +107,13 @@ def _load(config: TrialConfig, dtype: torch.dtype, device: torch.device):
         skeleton = synthetic.build_pipeline(name, config.model_seed, device="meta", dtype=dtype)  # sizes, no memory
         mode, why = memory.choose(config.knobs.offload, skeleton, config, device)
         home = device if mode == "none" else torch.device("cpu")  # offloaded weights start in host memory
-        pipe = synthetic.build_pipeline(name, config.model_seed, device=home, dtype=dtype)
+        pipe = synthetic.build_pipeline(name, config.model_seed, device=device, dtype=dtype, home=home)
         lora = None
         if config.knobs.lightning:  # made in memory, shaped like the real files' tensors
-            lora = {
-                role: synthetic.lightning_lora_state_dict(name, config.model_seed + i, device=home, dtype=dtype)
-                for i, role in ((1, "high_noise"), (2, "low_noise"))
-            }
+            lora = {}
+            for offset, role in ((1, "high_noise"), (2, "low_noise")):
+                tensors = synthetic.lightning_lora_state_dict(name, config.model_seed + offset, device=device, dtype=dtype)
+                lora[role] = {key: t.to(home) for key, t in tensors.items()}
         return pipe, mode, why, lora
     pipe = WanPipeline.from_pretrained(config.model_path, dtype=dtype)
     mode, why = memory.choose(config.knobs.offload, pipe, config, device)
@@ -116,7 +126,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
 
     knobs, dtype = config.knobs, DTYPES[config.knobs.precision]
     if config.gpu_memory_fraction is not None and device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, index)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     pipe, offload, offload_reason, lora = _load(config, dtype, device)

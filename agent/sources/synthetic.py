@@ -45,7 +45,8 @@ PRESETS: dict[str, SyntheticPreset] = {
     "tiny": SyntheticPreset(
         transformer=dict(
             patch_size=(1, 2, 2),
-            num_attention_heads=4,
+            # 96 wide: torchao 0.18 mistakes a per-tensor-scaled 128×128 FP8 weight for a 128×128-block one.
+            num_attention_heads=3,
             attention_head_dim=32,
             in_channels=16,
             out_channels=16,
@@ -126,8 +127,17 @@ def _keep_fp32_modules(model) -> None:
             param.data = param.data.float()
 
 
-def build_pipeline(name: str, seed: int, device="cpu", dtype=None):
-    """Build the whole pipeline with weights drawn from ``seed``, created directly on ``device`` in ``dtype``."""
+def _moved(module, home):
+    return module.to(home)
+
+
+def build_pipeline(name: str, seed: int, device="cpu", dtype=None, home=None):
+    """Build the whole pipeline with weights drawn from ``seed``, created directly on ``device`` in ``dtype``.
+
+    The weights depend on the device's random generator, so a model is always drawn on the same device
+    and, if it is to live elsewhere (``home``: host memory for an offloaded model), moved there one
+    component at a time: the same seed gives the same model whether it is offloaded or not.
+    """
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -138,11 +148,12 @@ def build_pipeline(name: str, seed: int, device="cpu", dtype=None):
     dtype = dtype or torch.float32
     tokenizer = build_t5_tokenizer(min(p.vocab_size, 256))
     torch.manual_seed(seed)
+    home = home or device
     with torch.device(device), _default_dtype(dtype):
-        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval()
-        transformer = WanTransformer3DModel(**p.transformer)
-        transformer_2 = WanTransformer3DModel(**p.transformer)
-        vae = AutoencoderKLWan(**p.vae)
+        text_encoder = _moved(UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval(), home)
+        transformer = _moved(WanTransformer3DModel(**p.transformer), home)
+        transformer_2 = _moved(WanTransformer3DModel(**p.transformer), home)
+        vae = _moved(AutoencoderKLWan(**p.vae), home)
     if dtype != torch.float32:
         for expert in (transformer, transformer_2):
             _keep_fp32_modules(expert)

@@ -52,14 +52,16 @@ def test_an_expert_at_guidance_one_skips_its_unconditional_forward(model, tmp_pa
     assert abs(skipped.frames - reference.frames).max() < 1e-3
 
 
-def test_probe_predicts_the_clips_denoising_time(model, tmp_path):
+def test_probe_counts_each_experts_steps_as_the_clip_takes_them(model, tmp_path):
+    # How close the prediction comes is a measurement (docs/benchmarks.md: +0.3 % on an H100), not a test;
+    # what a test can hold is that it weighs each expert's step time by the steps the clip gives that expert.
     cfg = config(model, tmp_path, steps=12)
     pipe, _, _ = pipeline.build(cfg, CPU)
     positive, negative, _ = encode(pipe, cfg, CPU)
-    predicted = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)["predicted_denoise_s"]
-    measured = min(generate(pipe, cfg, CPU, lambda *_: None).denoise_s for _ in range(3))
-    # On a shared 2-core CPU the tiny model's per-step overhead weighs more than on a GPU (tests/gpu holds it to 5 %).
-    assert predicted == pytest.approx(measured, rel=0.25)
+    report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)
+    clip = generate(pipe, cfg, CPU, lambda *_: None)
+    assert report["steps"] == {name: clip.step_expert.count(name) for name in ("transformer", "transformer_2")}
+    assert report["predicted_denoise_s"] == pytest.approx(sum(report["steps"][n] * report["step_s"][n] for n in report["steps"]))
 
 
 def test_offload_on_cpu_is_refused_and_auto_stays_put(model, tmp_path):

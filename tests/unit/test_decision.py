@@ -45,3 +45,21 @@ def test_failures_say_why():
         outcome(exit_code=1, status="failed", error={"type": "OutOfMemoryError", "message": "CUDA out of memory"}), BEST, 0.02
     )
     assert verdict == "failed" and "OutOfMemoryError: CUDA out of memory" in reason
+
+
+def test_a_same_function_rung_must_match_the_baseline():
+    close = outcome(generate_s=0.5)
+    close["result"]["fidelity"] = {"relative_error": {"transformer": 0.03, "transformer_2": 0.02}}
+    assert judge(close, BEST, 0.02, max_relative_error=0.1)[0] == "kept"
+    far = outcome(generate_s=0.5)
+    far["result"]["fidelity"] = {"relative_error": {"transformer": 0.03, "transformer_2": float("nan")}}
+    verdict, reason = judge(far, BEST, 0.02, max_relative_error=0.1)
+    assert verdict == "rejected" and "transformer_2" in reason and "different function" in reason
+    assert judge(outcome(generate_s=0.5), BEST, 0.02, max_relative_error=0.1)[0] == "rejected"  # never measured
+    assert judge(far, BEST, 0.02)[0] == "kept"  # a distilled rung is not held to the baseline's function
+
+
+def test_a_rung_this_machine_cannot_run_is_skipped_not_failed():
+    cannot = outcome(exit_code=1, status="failed", error={"type": "BackendUnavailable", "message": "flash_attn missing"})
+    verdict, reason = judge(cannot, BEST, 0.02)
+    assert verdict == "skipped" and "flash_attn missing" in reason

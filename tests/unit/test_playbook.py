@@ -84,3 +84,9 @@ def test_cli_exits_2_on_an_empty_prompt(tmp_path):
     done = wan_agent("run", "--playbook", "tiny", "--prompt", "", runs_dir=tmp_path, timeout=120)
     assert done.returncode == 2
     assert "prompt" in done.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "playbooks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_playbook_is_valid(path):
+    book = playbook.load(str(path))
+    assert book.name == path.stem and book.ladder
