@@ -117,25 +117,22 @@ def test_generate_without_a_converged_run_is_a_clear_error(tmp_path):
 )
 def test_start_wan_generates_then_reuses_the_converged_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "WAN_AGENT_RUNS"}
-    first = subprocess.run(
-        [str(ROOT / "start_wan.sh"), "--runs-dir", str(tmp_path), "A cat walking on the grass"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-        env=env,
-    )
+
+    def start_wan(prompt: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(ROOT / "start_wan.sh"), "--runs-dir", str(tmp_path), prompt],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    first = start_wan("A cat walking on the grass")
     assert first.returncode == 0, first.stderr
     video = Path(first.stdout.split("video:")[1].split()[0])
     assert video.is_file() and "journal:" in first.stdout
-    second = subprocess.run(
-        [str(ROOT / "start_wan.sh"), "--runs-dir", str(tmp_path), "A dog"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-        env=env,
-    )
+    second = start_wan("A dog")
     assert second.returncode == 0, second.stderr
     assert "reusing converged run" in second.stderr
     assert len(list(tmp_path.glob("*/best.yaml"))) == 1

@@ -22,17 +22,22 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("resume_when", ["trial_still_running", "trial_finished_meanwhile"])
-def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
+def start_agent(tmp_path: Path, runs: Path) -> subprocess.Popen:
+    """`wan-agent run` on the small playbook, in the background; its first stdout line is the run id."""
     book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
-    runs = tmp_path / "runs"
-    agent = subprocess.Popen(
+    return subprocess.Popen(
         [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
     )
+
+
+@pytest.mark.parametrize("resume_when", ["trial_still_running", "trial_finished_meanwhile"])
+def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
+    runs = tmp_path / "runs"
+    agent = start_agent(tmp_path, runs)
     run_id = agent.stdout.readline().strip()
     trial = runs / run_id / "trials" / "01-fp8"
     session = tmux.session_name(run_id, "01-fp8")
@@ -75,15 +80,8 @@ def test_resume_of_an_unknown_run_is_a_clear_error(tmp_path):
 
 
 def test_two_agents_cannot_drive_one_run(tmp_path):
-    book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
     runs = tmp_path / "runs"
-    agent = subprocess.Popen(
-        [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
+    agent = start_agent(tmp_path, runs)
     try:
         run_id = agent.stdout.readline().strip()
         wait_for(lambda: (Path(runs) / run_id / "trials").exists(), 120, "the first trial")
