@@ -1,4 +1,5 @@
-"""The LangGraph graph: probe → provision → fetch → patch → plan → trial → evaluate → (plan | report).
+"""The LangGraph graph: probe → provision → fetch → patch → plan → trial → evaluate → (remediate | plan | report);
+remediate → plan (the failed rung again, with a playbook rule's next change).
 
 Checkpointed with SqliteSaver after every node (durability "sync"), so a killed agent resumes from
 the last finished node; the nodes themselves make re-running the interrupted one safe.
@@ -20,8 +21,10 @@ from agent.nodes.patch import patch
 from agent.nodes.plan import plan
 from agent.nodes.probe import probe
 from agent.nodes.provision import provision
+from agent.nodes.remediate import remediate
 from agent.nodes.report import report
 from agent.nodes.trial import trial
+from agent.remediation import next_fix
 from agent.state import AgentState, RunContext
 
 
@@ -29,7 +32,11 @@ def after_plan(state: AgentState) -> Literal["trial", "report"]:
     return "trial" if state.get("candidate") else "report"
 
 
-def after_evaluate(state: AgentState) -> Literal["plan", "report"]:
+def after_evaluate(state: AgentState) -> Literal["remediate", "plan", "report"]:
+    if next_fix(state["trials"][-1], state["playbook"].get("remediation", [])):
+        return "remediate"
+    if not state.get("best"):  # no baseline and no rule left to get one: nothing to compare rungs against
+        return "report"
     return "plan" if state.get("pending") else "report"
 
 
@@ -43,6 +50,7 @@ def build_graph() -> StateGraph[AgentState, RunContext, AgentState, AgentState]:
         ("plan", plan),
         ("trial", trial),
         ("evaluate", evaluate),
+        ("remediate", remediate),
         ("report", report),
     ):
         graph.add_node(name, node)
@@ -54,6 +62,7 @@ def build_graph() -> StateGraph[AgentState, RunContext, AgentState, AgentState]:
     graph.add_conditional_edges("plan", after_plan)
     graph.add_edge("trial", "evaluate")
     graph.add_conditional_edges("evaluate", after_evaluate)
+    graph.add_edge("remediate", "plan")
     graph.add_edge("report", END)
     return graph
 

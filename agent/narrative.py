@@ -50,7 +50,7 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             "",
         ]
     lines += [f"**Decision: {decision['verdict']}.** {decision['reason']}", ""]
-    if decision.get("log_tail"):
+    if decision.get("log_tail") and decision["verdict"] == "failed":  # a skip's reason says it all
         fence = _fence(decision["log_tail"])
         lines += ["Last lines of its log:", "", fence, decision["log_tail"], fence, ""]
     return lines
@@ -123,8 +123,16 @@ def render_markdown(events: list[dict]) -> str:
         lines.append(f"- Attention: {first('patch')['attention']['reason']}")
     lines += ["", "## Trials", ""]
     decisions = {e["name"]: e for e in by_kind.get("decision", [])}
+    remedies = {e["trial"]: e for e in by_kind.get("remediation", [])}
     for planned in by_kind.get("trial_planned", []):
         lines += _trial_section(planned, decisions.get(planned["trial"]))
+        if planned["trial"] in remedies:
+            r = remedies[planned["trial"]]
+            lines += [
+                f"**Remediation.** Rule `{r['rule']}`, attempt {r['attempt']} of {r['of']}: next trial `{r['next']}` "
+                f"with `{json.dumps(r['set'])}`.",
+                "",
+            ]
         if planned["trial"] in decisions:
             decisions[planned["trial"]] |= {"label": planned["label"], "frames": workload.get("frames")}
     for skipped in by_kind.get("rung_skipped", []):

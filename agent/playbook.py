@@ -7,6 +7,7 @@ each bad field and what is allowed; the CLI turns it into exit status 2.
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,24 @@ class Rung(Strict):
     gate: Literal["fidelity", "reference_free"] = "fidelity"
 
 
+class Remedy(Strict):
+    """A failure signature (regexes over the failure's reason and log tail) and the changes to try, in order."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
+    match: list[str] = Field(min_length=1)
+    changes: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression: {err}") from None
+        return patterns
+
+
 class Timeouts(Strict):
     deadline_s: float = Field(default=1800, gt=0)  # whole trial, from session start
     idle_timeout_s: float = Field(default=300, gt=0)  # no output for this long means a hang
@@ -71,6 +90,7 @@ class Playbook(Strict):
     measurement: Measurement = Measurement()
     timeouts: Timeouts = Timeouts()
     decision: Decision = Decision()
+    remediation: list[Remedy] = []
 
     @model_validator(mode="after")
     def _rungs_apply(self) -> Playbook:
@@ -80,15 +100,22 @@ class Playbook(Strict):
             if rung.name in seen or rung.name == "baseline":
                 raise ValueError(f"ladder.{i}.name: {rung.name!r} is used twice (or is 'baseline'); give each rung its own name")
             seen.add(rung.name)
-            unknown = sorted(set(rung.set) - set(Knobs.model_fields))
-            if unknown:
-                raise ValueError(f"ladder.{i}.set: unknown knob {', '.join(unknown)}; allowed: {', '.join(Knobs.model_fields)}")
             knobs |= rung.set
-            try:
-                Knobs.model_validate(knobs)
-            except ValidationError as err:
-                raise ValueError(f"ladder.{i}.set: {_format_errors(err, Knobs)}") from None
+            _check_knobs(knobs, f"ladder.{i}.set")
+        for i, remedy in enumerate(self.remediation):
+            for j, change in enumerate(remedy.changes):
+                _check_knobs(self.baseline.model_dump() | change, f"remediation.{i}.changes.{j}", change)
         return self
+
+
+def _check_knobs(knobs: dict, where: str, change: dict | None = None) -> None:
+    unknown = sorted(set(change if change is not None else knobs) - set(Knobs.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown knob {', '.join(unknown)}; allowed: {', '.join(Knobs.model_fields)}")
+    try:
+        Knobs.model_validate(knobs)
+    except ValidationError as err:
+        raise ValueError(f"{where}: {_format_errors(err, Knobs)}") from None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -45,11 +45,12 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     rules = state["playbook"]["decision"]
     same_function = candidate.get("gate") == "fidelity"
     verdict, reason = judge(outcome, best, rules["min_gain"], rules["max_relative_error"] if same_function else None)
-    record: dict = {k: candidate.get(k) for k in ("index", "name", "rung", "hypothesis", "gate", "knobs", "dir")}
+    keys = ("index", "name", "rung", "hypothesis", "gate", "set", "remediation", "knobs", "dir")
+    record: dict = {k: candidate.get(k) for k in keys}
     record |= {"verdict": verdict, "reason": reason, "session": outcome["session"], **_figures(outcome)}
     if "log_tail" in outcome:
         record["log_tail"] = outcome["log_tail"]
-    baseline = state["trials"][0] if state.get("trials") else record
+    baseline = next((t for t in state.get("trials", []) if t["verdict"] == "baseline"), record)
     if "generate_s" in record and "generate_s" in baseline:
         record["speedup_vs_baseline"] = baseline["generate_s"] / record["generate_s"]
     logger.info("trial %s: %s — %s", candidate["name"], verdict, reason)
@@ -59,6 +60,4 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     update: dict = {"trials": [*state.get("trials", []), record], "candidate": None}
     if verdict in ("baseline", "kept"):
         update["best"] = record
-    elif best is None:  # no baseline, nothing to compare rungs against
-        update |= {"pending": [], "status": "failed"}
     return update

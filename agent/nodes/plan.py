@@ -24,6 +24,11 @@ BASELINE: dict[str, Any] = {
 }
 
 
+def best_dir(done: list[dict]) -> str:
+    """The baseline's trial directory: the first trial that was measured as the baseline."""
+    return next(t["dir"] for t in done if t["verdict"] == "baseline")
+
+
 def _skip_reason(knobs: Knobs, best_knobs: dict, model: dict) -> str | None:
     if knobs.model_dump() == best_knobs:
         return "changes nothing on top of the current best"
@@ -37,7 +42,8 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     done, pending = state.get("trials", []), list(state.get("pending", []))
     log = journal(state, runtime)
     best = state.get("best")
-    best_knobs: dict = best["knobs"] if best else {}
+    # Until a baseline succeeds (a remediated baseline), rungs apply on top of the playbook's baseline.
+    best_knobs: dict = best["knobs"] if best else book.baseline.model_dump()
     if not done:
         rung, knobs = BASELINE, book.baseline
     else:
@@ -65,7 +71,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
         measurement=book.measurement,
         output_dir=str(trial_dir),
-        reference_dir=done[0]["dir"] if done and rung.get("gate") == "fidelity" else None,
+        reference_dir=best_dir(done) if best and rung.get("gate") == "fidelity" else None,
     )
     trials.prepare(trial_dir, config)
     change = {k: [best_knobs.get(k), v] for k, v in knobs.model_dump().items() if best_knobs.get(k) != v} if done else {}
@@ -88,6 +94,8 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             "rung": rung["name"],
             "hypothesis": rung["hypothesis"],
             "gate": rung.get("gate", "fidelity"),
+            "set": rung["set"],
+            "remediation": rung.get("remediation"),
             "knobs": knobs.model_dump(),
             "dir": str(trial_dir),
         },
