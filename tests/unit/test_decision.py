@@ -69,13 +69,26 @@ def test_remediation_walks_a_rule_once_and_accumulates_its_changes():
     from agent.remediation import derived_rung, next_fix
 
     rules = [{"name": "oom", "match": ["out of memory"], "changes": [{"vae_tiling": True}, {"offload": "model"}]}]
-    failed = {"name": "01-fp8", "rung": "fp8", "set": {"fp8": "torchao_row"}, "gate": "fidelity", "verdict": "failed",
-              "reason": "worker exited with status 1: OutOfMemoryError: CUDA out of memory"}
+    failed = {
+        "name": "01-fp8",
+        "rung": "fp8",
+        "set": {"fp8": "torchao_row"},
+        "gate": "fidelity",
+        "verdict": "failed",
+        "reason": "worker exited with status 1: OutOfMemoryError: CUDA out of memory",
+    }
     rule, step = next_fix(failed, rules)
     first = derived_rung(failed, rule, step)
     assert first["name"] == "fp8-oom-1" and first["set"] == {"fp8": "torchao_row", "vae_tiling": True}
-    again = {"name": "02-fp8-oom-1", "rung": first["name"], "set": first["set"], "gate": "fidelity", "verdict": "failed",
-             "reason": failed["reason"], "remediation": first["remediation"]}
+    again = {
+        "name": "02-fp8-oom-1",
+        "rung": first["name"],
+        "set": first["set"],
+        "gate": "fidelity",
+        "verdict": "failed",
+        "reason": failed["reason"],
+        "remediation": first["remediation"],
+    }
     second = derived_rung(again, *next_fix(again, rules))
     assert second["set"] == {"fp8": "torchao_row", "vae_tiling": True, "offload": "model"} and second["name"] == "fp8-oom-2"
     exhausted = again | {"remediation": second["remediation"]}
