@@ -49,6 +49,12 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"**Quality.** {_quality(decision)}",
             "",
         ]
+    for rerun in decision.get("reruns", []):
+        lines += [
+            f"**Rerun.** The first attempt ended because {rerun}; the trial ran once more "
+            "(its first log is `stdout.attempt1.log`).",
+            "",
+        ]
     lines += [f"**Decision: {decision['verdict']}.** {decision['reason']}", ""]
     if decision.get("log_tail") and decision["verdict"] == "failed":  # a skip's reason says it all
         fence = _fence(decision["log_tail"])

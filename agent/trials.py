@@ -2,7 +2,8 @@
 
 Idempotent, so that a resumed agent never runs a trial twice: a trial whose ``exit_code`` exists is
 only read back; one whose session is still running is re-attached; only a trial with neither is
-started (again). The trial gets its configuration in ``trial.json``.
+started (again). A worker killed from outside (a signal, a dead tmux server) is run once more, its
+first log kept as ``stdout.attempt1.log``. The trial gets its configuration in ``trial.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 _WORKER_TIME = re.compile(r"^\d\d:\d\d:\d\d\s+")  # the worker's own timestamp; ours is printed anyway
 PROJECT_ROOT = Path(agent.__file__).resolve().parent.parent
+MAX_ATTEMPTS = 2  # a worker killed from outside is run once more, never again
 STALE_OUTPUTS = ("result.json", "exit_code", "video.mp4", "frames.npy")
 
 
@@ -51,13 +53,23 @@ def _start(session: str, trial_dir: Path) -> None:
     tmux.start(session, argv, trial_dir, trial_dir / "stdout.log", trial_dir / "exit_code", extra_env=env)
 
 
+def _died(result: tmux.SessionResult, trial_dir: Path) -> str | None:
+    """Why the worker ended without finishing, if it was killed from outside (not a failure of the trial itself)."""
+    if result.outcome == "lost":
+        return "its tmux session vanished without an exit code (tmux server killed, or the machine restarted)"
+    code = result.exit_code
+    if result.outcome == "exited" and code is not None and code >= 128 and not (trial_dir / "result.json").exists():
+        return f"the worker was killed by signal {code - 128} before writing its result"
+    return None
+
+
 def execute(
     run_id: str, trial_dir: Path, deadline_s: float, idle_timeout_s: float, poll_s: float = 0.5, telemetry_interval_s: float = 0.5
 ) -> dict:
     """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data."""
     session = tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
-    reattached = False
+    reattached, reruns = False, []
     exit_code = tmux.read_exit_code(exit_file)
     if exit_code is not None:
         logger.info("trial %s already finished (exit %d): reading its result", trial_dir.name, exit_code)
@@ -65,17 +77,25 @@ def execute(
         summary = read_json(trial_dir / "telemetry.json") or {"note": "trial finished while the agent was not watching"}
     else:
         reattached = tmux.is_running(session)
-        if reattached:
-            logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
-        else:
-            _start(session, trial_dir)
-        sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s)
-        progress = _Progress(trial_dir.name, log)
-        sampler.start()
-        try:
-            result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
-        finally:
-            summary = sampler.stop()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            if reattached:
+                logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
+            else:
+                _start(session, trial_dir)
+            sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s)
+            progress = _Progress(trial_dir.name, log)
+            sampler.start()
+            try:
+                result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
+            finally:
+                summary = sampler.stop()
+            died = _died(result, trial_dir)
+            if died is None or attempt == MAX_ATTEMPTS:
+                break
+            logger.warning("trial %s: %s; running it once more", trial_dir.name, died)
+            reruns.append(died)
+            log.rename(trial_dir / f"stdout.attempt{attempt}.log")
+            reattached = False
         if reattached:
             summary["partial"] = "the agent restarted during this trial: telemetry covers only the part it watched"
     write_json_atomic(trial_dir / "telemetry.json", summary)
@@ -84,6 +104,7 @@ def execute(
         "result": read_json(trial_dir / "result.json"),
         "telemetry": summary,
         "reattached": reattached,
+        "reruns": reruns,
     }
     if result.outcome != "exited" or result.exit_code != 0:
         outcome["log_tail"] = _log_tail(log)

@@ -50,6 +50,8 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     record |= {"verdict": verdict, "reason": reason, "session": outcome["session"], **_figures(outcome)}
     if "log_tail" in outcome:
         record["log_tail"] = outcome["log_tail"]
+    if outcome.get("reruns"):
+        record["reruns"] = outcome["reruns"]
     baseline = next((t for t in state.get("trials", []) if t["verdict"] == "baseline"), record)
     if "generate_s" in record and "generate_s" in baseline:
         record["speedup_vs_baseline"] = baseline["generate_s"] / record["generate_s"]

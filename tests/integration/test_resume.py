@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent import tmux
@@ -90,3 +91,40 @@ def test_two_agents_cannot_drive_one_run(tmp_path):
     finally:
         agent.kill()
         agent.wait()
+
+
+def _worker_pid(session: str) -> int | None:
+    pane = tmux.pane_pid(session)
+    if pane is None:
+        return None
+    for child in psutil.Process(pane).children(recursive=True):
+        if "agent.runtime.worker" in " ".join(child.cmdline()):
+            return child.pid
+    return None
+
+
+@pytest.mark.parametrize("how", ["kill -9 the worker", "tmux kill-server"])
+def test_a_trial_killed_from_outside_runs_once_more(tmp_path, how):
+    runs = tmp_path / "runs"
+    agent = start_agent(tmp_path, runs)
+    run_id = agent.stdout.readline().strip()
+    trial = runs / run_id / "trials" / "01-fp8"
+    session = tmux.session_name(run_id, "01-fp8")
+    wait_for(
+        lambda: (trial / "stdout.log").exists() and "repeat 1/2" in (trial / "stdout.log").read_text(),
+        300,
+        "the fp8 trial to be timing",
+    )
+    if how == "tmux kill-server":
+        subprocess.run(["tmux", "-L", tmux.server().socket_name, "kill-server"], check=True)
+    else:
+        os.kill(_worker_pid(session), signal.SIGKILL)
+    assert agent.wait(timeout=300) == 0
+    events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
+    decisions = [e for e in events if e["kind"] == "decision"]
+    assert [d["name"] for d in decisions] == ["00-baseline", "01-fp8", "02-lightning"]
+    fp8 = decisions[1]
+    assert fp8["verdict"] in ("kept", "reverted") and len(fp8["reruns"]) == 1
+    assert ("signal 9" if how.startswith("kill") else "vanished") in fp8["reruns"][0]
+    assert (trial / "stdout.attempt1.log").exists() and "done:" in (trial / "stdout.log").read_text()
+    assert "**Rerun.**" in (runs / run_id / "journal.md").read_text()
