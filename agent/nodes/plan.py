@@ -9,6 +9,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from agent import trials
+from agent.capabilities import cannot_run
 from agent.nodes import journal, run_dir
 from agent.playbook import Playbook
 from agent.runtime.config import Knobs, LoraFiles, TrialConfig
@@ -29,12 +30,12 @@ def best_dir(done: list[dict]) -> str:
     return next(t["dir"] for t in done if t["verdict"] == "baseline")
 
 
-def _skip_reason(knobs: Knobs, best_knobs: dict, model: dict) -> str | None:
+def _skip_reason(knobs: Knobs, best_knobs: dict, state: AgentState) -> str | None:
     if knobs.model_dump() == best_knobs:
         return "changes nothing on top of the current best"
-    if knobs.lightning and not model.get("lightning"):
-        return f"needs the Lightning LoRA, and source {model['spec']} has none"
-    return None
+    if knobs.lightning and not state["model"].get("lightning"):
+        return f"needs the Lightning LoRA, and source {state['model']['spec']} has none"
+    return cannot_run(knobs, state["hardware"], state["playbook"]["device"])
 
 
 def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
@@ -46,13 +47,18 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     best_knobs: dict = best["knobs"] if best else book.baseline.model_dump()
     if not done:
         rung, knobs = BASELINE, book.baseline
+        reason = cannot_run(knobs, state["hardware"], book.device)
+        if reason is not None:  # no baseline, so no run: report says why
+            logger.error("the baseline cannot run here: %s", reason)
+            log.record("rung_skipped", key="skipped:baseline", rung="baseline", reason=reason)
+            return {"candidate": None, "pending": []}
     else:
         while True:
             if not pending:
                 return {"candidate": None, "pending": []}
             rung = pending.pop(0)
             knobs = Knobs.model_validate(best_knobs | rung["set"])
-            reason = _skip_reason(knobs, best_knobs, state["model"])
+            reason = _skip_reason(knobs, best_knobs, state)
             if reason is None:
                 break
             logger.info("rung %s skipped: %s", rung["name"], reason)

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from agent.capabilities import FP8_COMPUTE_MIN_CAPABILITY
 from agent.runtime import attention, memory
 from agent.runtime.config import Knobs, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
@@ -19,7 +20,6 @@ from agent.runtime.memory import UnsupportedOnHardware
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FP8_COMPUTE_MIN_CAPABILITY = (8, 9)
 EXPERTS = ("transformer", "transformer_2")
 
 

@@ -1,0 +1,29 @@
+"""What the probed hardware cannot run, known before a trial is spent on it.
+
+Attention backends are not judged here: whether one imports, runs and agrees is only known by probing
+it on the trial's own shape, which the worker does.
+"""
+
+from __future__ import annotations
+
+from agent.runtime.config import Knobs
+
+FP8_COMPUTE_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: FP8 tensor cores
+
+
+def _capability(gpu: dict) -> tuple[int, int]:
+    major, minor = gpu["compute_capability"].split(".")
+    return int(major), int(minor)
+
+
+def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
+    """Why ``knobs`` cannot run on ``hardware`` with the playbook's ``device`` setting, or None."""
+    gpus = hardware.get("gpus", []) if device != "cpu" else []
+    if device == "cuda" and not gpus:
+        return "the playbook asks for a CUDA GPU and this machine has none"
+    if knobs.fp8.startswith("torchao") and not any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus):
+        found = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in gpus) or "no GPU"
+        return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
+    if knobs.offload in ("model", "group", "sequential") and not gpus:
+        return f"offload={knobs.offload} moves weights to a GPU, and there is none"
+    return None
