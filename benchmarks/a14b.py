@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.hardware import versions  # noqa: E402
 from agent.runtime import attention, pipeline  # noqa: E402
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload  # noqa: E402
-from agent.runtime.probe import _timer  # noqa: E402
+from agent.runtime.probe import timer  # noqa: E402
 from agent.sources import synthetic  # noqa: E402
 
 PROMPT = "A cat walking on the grass, sunny afternoon, cinematic."
@@ -47,7 +47,7 @@ def timed(fn, repeats: int = 3, warmup: int = 1) -> tuple[float, float]:
     """(first call, median of ``repeats`` later calls) in seconds, CUDA events on a GPU."""
     times = []
     for _ in range(warmup + repeats):
-        stop = _timer(device())
+        stop = timer(device())
         fn()
         times.append(stop())
     return times[0], statistics.median(times[warmup:])
@@ -166,7 +166,7 @@ def section_forward(args) -> dict:
                 with torch.inference_mode():
                     return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
-            stop = _timer(dev)
+            stop = timer(dev)
             out = forward().float()
             first = stop()  # compilation, autotuning and lazy initialisation land here
             _, steady = timed(forward, repeats=args.repeats, warmup=1)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agent.runtime.config import TrialConfig
-from agent.runtime.generate import boundary_timestep, decode
+from agent.runtime.generate import decode, expert_for
 from agent.runtime.pipeline import experts, synchronize
 
 CHECK_TIMESTEPS = {"transformer": 999.0, "transformer_2": 500.0}  # one inside each expert's range
@@ -30,14 +30,13 @@ def _latents(pipe, config: TrialConfig, device: torch.device, seed: int) -> torc
 def expert_steps(pipe, steps: int) -> dict[str, list[float]]:
     """The timesteps a clip of ``steps`` steps gives each expert."""
     pipe.scheduler.set_timesteps(steps)
-    boundary = boundary_timestep(pipe)
     split: dict[str, list[float]] = {"transformer": [], "transformer_2": []}
     for t in pipe.scheduler.timesteps:
-        split["transformer" if float(t) >= boundary else "transformer_2"].append(float(t))
+        split[expert_for(pipe, t)].append(float(t))
     return split
 
 
-def _timer(device: torch.device):
+def timer(device: torch.device):
     """Seconds of work between two calls: CUDA events on a GPU, the host clock otherwise."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -69,6 +68,7 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
     split = expert_steps(pipe, knobs.steps)
     guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
     latents = _latents(pipe, config, device, seed=config.workload.seed)
+    warmup = max(measure.warmup, 1)  # at least one untimed step: first calls compile, autotune, allocate
     report: dict = {"steps": {name: len(ts) for name, ts in split.items()}, "step_s": {}, "first_step_s": {}}
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
@@ -76,12 +76,12 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
                 continue
             t = split[name][0]
             times = []
-            for i in range(max(measure.warmup, 1) + measure.probe_steps):
-                stop = _timer(device)
+            for i in range(warmup + measure.probe_steps):
+                stop = timer(device)
                 _step(model, latents, t, positive, negative, guidance[name])
                 times.append(stop())
-                log(f"  probe {name} step {i + 1}/{max(measure.warmup, 1) + measure.probe_steps} {times[-1]:.3f} s")
-            timed = times[max(measure.warmup, 1) :]
+                log(f"  probe {name} step {i + 1}/{warmup + measure.probe_steps} {times[-1]:.3f} s")
+            timed = times[warmup:]
             report["first_step_s"][name] = times[0]
             report["step_s"][name] = statistics.median(timed)
             report["spread_s"] = report.get("spread_s", 0.0) + len(split[name]) * (max(timed) - min(timed))
@@ -89,7 +89,7 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
     # The VAE decode of a clip-sized latent, timed once after one untimed decode.
     decode(pipe, latents)
     synchronize(device)
-    stop = _timer(device)
+    stop = timer(device)
     decode(pipe, latents)
     report["vae_decode_s"] = stop()
     return report

@@ -38,8 +38,8 @@ def _peak_memory(device) -> dict[str, float]:
     return peak
 
 
-def _fidelity(config: TrialConfig, out: Path, frames: np.ndarray | None) -> dict:
-    """This trial's check outputs (and frames) against the reference trial's, when there is one."""
+def _fidelity(config: TrialConfig, out: Path) -> dict:
+    """This trial's check outputs (and saved frames, in full mode) against the reference trial's, when there is one."""
     from agent.quality import fidelity, relative_error
 
     if config.reference_dir is None:
@@ -48,7 +48,7 @@ def _fidelity(config: TrialConfig, out: Path, frames: np.ndarray | None) -> dict
     if (ref_dir / CHECK_FILE).exists():
         mine, ref = np.load(out / CHECK_FILE), np.load(ref_dir / CHECK_FILE)
         report["relative_error"] = {name: relative_error(mine[name], ref[name]) for name in ref.files if name in mine.files}
-    if frames is not None and (ref_dir / "frames.npy").exists():
+    if (out / "frames.npy").exists() and (ref_dir / "frames.npy").exists():
         report |= fidelity(np.load(out / "frames.npy") / 255.0, np.load(ref_dir / "frames.npy") / 255.0)
     return report
 
@@ -98,7 +98,6 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
         "summary": summary,
         "quality": check_frames(last.frames),
         "outputs": {"video": "video.mp4", "frames": "frames.npy", "check": CHECK_FILE},
-        "frames": last.frames,
     }
 
 
@@ -146,10 +145,8 @@ def run(config: TrialConfig) -> dict:
         measured = _probe(pipe, config, device, positive, negative, text_s)
         reasons = [] if check_finite else ["non-finite transformer output"]
         measured["quality"] = {"passed": check_finite, "reasons": reasons, "finite": check_finite, "note": "probe mode: no clip"}
-        frames = None
     else:
         measured = _full(pipe, config, device, out, stages)
-        frames = measured.pop("frames")
     return {
         "status": "ok",
         "trial": config.name,
@@ -159,7 +156,7 @@ def run(config: TrialConfig) -> dict:
         "stages": stages,
         "setup": setup,
         **measured,
-        "fidelity": _fidelity(config, out, frames),
+        "fidelity": _fidelity(config, out),
         "memory": _peak_memory(device) | {"build_" + k: v for k, v in build_memory.items()},
         "config": config.model_dump(),
     }

@@ -35,18 +35,20 @@ def start_agent(tmp_path: Path, runs: Path) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("resume_when", ["trial_still_running", "trial_finished_meanwhile"])
-def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
-    runs = tmp_path / "runs"
+def start_agent_until_fp8_is_timing(tmp_path: Path, runs: Path) -> tuple[subprocess.Popen, str, Path, str]:
+    """Start the agent and wait until its second trial (01-fp8) is inside its timed repeats."""
     agent = start_agent(tmp_path, runs)
     run_id = agent.stdout.readline().strip()
     trial = runs / run_id / "trials" / "01-fp8"
-    session = tmux.session_name(run_id, "01-fp8")
-    wait_for(
-        lambda: (trial / "stdout.log").exists() and "repeat 1/2" in (trial / "stdout.log").read_text(),
-        300,
-        "the fp8 trial to be timing",
-    )
+    log = trial / "stdout.log"
+    wait_for(lambda: log.exists() and "repeat 1/2" in log.read_text(), 300, "the fp8 trial to be timing")
+    return agent, run_id, trial, tmux.session_name(run_id, "01-fp8")
+
+
+@pytest.mark.parametrize("resume_when", ["trial_still_running", "trial_finished_meanwhile"])
+def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
+    runs = tmp_path / "runs"
+    agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait()
     assert tmux.is_running(session), "the worker lives on in its tmux session"
@@ -106,15 +108,7 @@ def _worker_pid(session: str) -> int | None:
 @pytest.mark.parametrize("how", ["kill -9 the worker", "tmux kill-server"])
 def test_a_trial_killed_from_outside_runs_once_more(tmp_path, how):
     runs = tmp_path / "runs"
-    agent = start_agent(tmp_path, runs)
-    run_id = agent.stdout.readline().strip()
-    trial = runs / run_id / "trials" / "01-fp8"
-    session = tmux.session_name(run_id, "01-fp8")
-    wait_for(
-        lambda: (trial / "stdout.log").exists() and "repeat 1/2" in (trial / "stdout.log").read_text(),
-        300,
-        "the fp8 trial to be timing",
-    )
+    agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
     if how == "tmux kill-server":
         subprocess.run(["tmux", "-L", tmux.server().socket_name, "kill-server"], check=True)
     else:
