@@ -12,13 +12,16 @@ BLANK_STD = 0.01  # a frame whose pixels vary less than this is a flat colour
 FROZEN_DIFF = 1e-4  # mean absolute change between consecutive frames below this is a still image
 
 
-def check_frames(frames: np.ndarray) -> dict:
-    """Return ``{"passed": bool, "reasons": [...], "std": ..., "temporal_diff": ...}`` for (F, H, W, C) frames."""
-    frames = np.asarray(frames, dtype=np.float32)
+def check_frames(frames: np.ndarray, nonfinite: int = 0) -> dict:
+    """Return ``{"passed": bool, "reasons": [...], "std": ..., "temporal_diff": ...}`` for (F, H, W, C) frames,
+    float in [0, 1] or uint8; ``nonfinite``: NaN/inf values counted before frames were made 8-bit."""
+    scale = 255.0 if frames.dtype == np.uint8 else 1.0
+    frames = np.asarray(frames, dtype=np.float32) / scale
     reasons: list[str] = []
-    finite = bool(np.isfinite(frames).all())
+    nonfinite += int((~np.isfinite(frames)).sum())
+    finite = nonfinite == 0
     if not finite:
-        reasons.append(f"non-finite values in {int((~np.isfinite(frames)).sum())} of {frames.size} pixels")
+        reasons.append(f"non-finite values in {nonfinite} of {frames.size} pixels")
         frames = np.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
     per_frame_std = frames.reshape(frames.shape[0], -1).std(axis=1)
     blank = int((per_frame_std < BLANK_STD).sum())

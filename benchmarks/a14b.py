@@ -3,7 +3,8 @@
 Sections (run any subset; each writes OUT/<section>.json as soon as it is done):
   env        GPU, driver, versions, and the measured ceilings (bf16 matmul, FP8 scaled matmul)
   attention  every diffusers attention backend probed at the clip's self-attention shape
-  forward    one expert's forward per rung (eager/compiled, bf16/FP8, attention) against the FLOP floor
+  forward    one expert's forward per rung (eager/compiled, bf16/fp16/FP8, attention) against the FLOP floor
+  vae        the VAE decode of one clip per variant (cuDNN autotuning, channels-last, compiled decoder)
   baseline   the 40-step CFG baseline through the trial worker in probe mode (the clip is extrapolated)
   lightning  the converged Lightning configuration, built once: full clips (median, NVML energy, peak
              memory), then probe mode on the same pipeline to check its prediction
@@ -108,12 +109,12 @@ def section_attention(args) -> dict:
     return {"shape": list(shape), "tolerance": attention.TOLERANCE, "backends": probes}
 
 
-def _expert(args) -> torch.nn.Module:
+def _expert(args, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    with torch.device(device()), synthetic._default_dtype(torch.bfloat16):
-        model = WanTransformer3DModel(**synthetic.preset(args.model).transformer).eval()
+    with torch.device(device()), synthetic._default_dtype(torch.bfloat16):  # the same weights for every dtype
+        model = WanTransformer3DModel(**synthetic.preset(args.model).transformer).eval().to(dtype)
     synthetic._keep_fp32_modules(model)
     return model
 
@@ -127,11 +128,11 @@ def section_forward(args) -> dict:
     tokens = attention.self_attention_shape(cfg, work.height, work.width, work.frames)[1]
     flop = forward_flop(cfg, tokens)
     latent = (1, cfg["in_channels"], (work.frames - 1) // 4 + 1, work.height // 8, work.width // 8)
-    x = torch.randn(latent, device=dev, dtype=torch.bfloat16)
-    text = torch.randn(1, 512, cfg["text_dim"], device=dev, dtype=torch.bfloat16)
     t = torch.tensor([999.0], device=dev)
     rungs = [
         ("bf16 eager, native SDPA", dict()),
+        ("fp16 eager, native SDPA", dict(dtype=torch.float16)),
+        ("fp16 regional compile, cuDNN attention", dict(dtype=torch.float16, compile="regional", attention="_native_cudnn")),
         ("bf16 eager, cuDNN attention", dict(attention="_native_cudnn")),
         ("bf16 regional compile", dict(compile="regional")),
         ("bf16 regional compile, cuDNN attention", dict(compile="regional", attention="_native_cudnn")),
@@ -142,15 +143,20 @@ def section_forward(args) -> dict:
             "FP8 tensor-wise + regional compile, cuDNN attention",
             dict(fp8=PerTensor, compile="regional", attention="_native_cudnn"),
         ),
+        ("bf16 whole-model compile, cuDNN attention", dict(compile="full", attention="_native_cudnn")),
     ]
     reference = None
     results: list[dict] = []
     partial = args.out / "forward.json"  # rewritten after every rung: a run cut short keeps what it measured
     for label, rung in rungs:
-        if args.only and not any(k in label for k in args.only.split(",")):
+        if args.only and not any(k in label for k in args.only.split("|")):
             continue
         torch._dynamo.reset()
-        model, forward = _expert(args), None
+        dtype = rung.get("dtype", torch.bfloat16)
+        model, forward = _expert(args, dtype), None
+        torch.manual_seed(1)  # the same input for every rung, in the rung's dtype
+        x = torch.randn(latent, device=dev).to(dtype)
+        text = torch.randn(1, 512, cfg["text_dim"], device=dev).to(dtype)
         try:
             if "attention" in rung:
                 model.set_attention_backend(rung["attention"])
@@ -159,10 +165,12 @@ def section_forward(args) -> dict:
                 quantize_(model, fp8, filter_fn=pipeline.fp8_compute_filter)
             if rung.get("compile") == "regional":
                 model.compile_repeated_blocks(fullgraph=True)
+            elif rung.get("compile") == "full":
+                model.compile(fullgraph=True)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
-            def forward(model=model):  # noqa: F811
+            def forward(model=model, x=x, text=text):  # noqa: F811
                 with torch.inference_mode():
                     return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
@@ -175,7 +183,7 @@ def section_forward(args) -> dict:
         else:
             if reference is None:
                 reference = out
-            rel = float((out - reference).norm() / reference.norm())
+            rel = float((out - reference).norm() / reference.norm())  # reference: the first rung run
             row = {
                 "rung": label,
                 "first_call_s": first,
@@ -192,6 +200,89 @@ def section_forward(args) -> dict:
         gc.collect()
         torch.cuda.empty_cache() if dev.type == "cuda" else None
     return {"tokens": tokens, "flop": flop, "rungs": results}
+
+
+def _vae(args, dtype: torch.dtype = torch.bfloat16):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    with torch.device(device()), synthetic._default_dtype(dtype):
+        return AutoencoderKLWan(**synthetic.preset(args.model).vae).eval()
+
+
+def _channels_last(vae) -> None:
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
+
+
+def section_vae(args) -> dict:
+    """The VAE decode of one clip's latents (21 -> 81 frames) per variant: cuDNN autotuning, channels-last, compile."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    work, dev = workload(args), device()
+    cfg = synthetic.preset(args.model).vae
+    latent = (1, cfg["z_dim"], (work.frames - 1) // 4 + 1, work.height // 8, work.width // 8)
+    variants = [
+        ("eager", dict()),
+        ("eager, cudnn.benchmark", dict(benchmark=True)),
+        ("channels-last 3d, cudnn.benchmark", dict(benchmark=True, channels_last=True)),
+        ("compiled decoder, cudnn.benchmark", dict(benchmark=True, compile=True)),
+        ("compiled decoder, channels-last 3d, cudnn.benchmark", dict(benchmark=True, compile=True, channels_last=True)),
+        ("tiled, cudnn.benchmark", dict(benchmark=True, tiling=True)),
+    ]
+    torch.manual_seed(2)
+    z = torch.randn(latent, device=dev).to(torch.bfloat16)
+    flop, reference, rows = None, None, []
+    partial = args.out / "vae.json"
+    for label, v in variants:
+        torch._dynamo.reset()
+        torch.backends.cudnn.benchmark = v.get("benchmark", False)
+        vae = _vae(args)
+        if v.get("channels_last"):
+            _channels_last(vae)
+        if v.get("tiling"):
+            vae.enable_tiling()
+        if v.get("compile"):
+            vae.decoder.compile(dynamic=False)
+        zz = z.to(memory_format=torch.channels_last_3d) if v.get("channels_last") else z
+
+        def decode(vae=vae, zz=zz):
+            with torch.inference_mode():
+                return vae.decode(zz, return_dict=False)[0]
+
+        try:
+            if flop is None:
+                with FlopCounterMode(display=False) as counter:
+                    decode()
+                flop = counter.get_total_flops()
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            stop = timer(dev)
+            out = decode().float()
+            first = stop()
+            _, steady = timed(decode, repeats=args.repeats, warmup=1)
+        except Exception as err:
+            row = {"variant": label, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+        else:
+            reference = out if reference is None else reference
+            row = {
+                "variant": label,
+                "first_call_s": first,
+                "decode_s": steady,
+                "TFLOPs": flop / steady / 1e12,
+                "relative_error_vs_eager": float((out - reference).norm() / reference.norm()),
+            }
+            if dev.type == "cuda":
+                row["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        partial.write_text(json.dumps({"latent": list(latent), "flop": flop, "variants": rows, "partial": True}, indent=2))
+        del vae, decode
+        gc.collect()
+        torch.cuda.empty_cache() if dev.type == "cuda" else None
+    torch.backends.cudnn.benchmark = False
+    return {"latent": list(latent), "flop": flop, "variants": rows}
 
 
 def _trial(args, name: str, knobs: Knobs, mode: str, repeats: int) -> dict:
@@ -237,6 +328,7 @@ def section_lightning(args) -> dict:
         flow_shift=5.0,
         compile="regional",
         attention=args.attention,
+        vae_decode=args.vae_decode if dev.type == "cuda" else "eager",
     )
     out = Path(args.work_dir) / "lightning"
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +385,7 @@ SECTIONS = {
     "env": section_env,
     "attention": section_attention,
     "forward": section_forward,
+    "vae": section_vae,
     "baseline": section_baseline,
     "lightning": section_lightning,
 }
@@ -306,7 +399,8 @@ def main() -> int:
     p.add_argument("--size", default="480x832x81", help="HxWxFRAMES")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--attention", default="_native_cudnn", help="backend for the Lightning configuration")
-    p.add_argument("--only", default="", help="comma-separated substrings: forward rungs to run")
+    p.add_argument("--vae-decode", default="compiled", help="VAE decode mode for the Lightning configuration")
+    p.add_argument("--only", default="", help="|-separated substrings: forward rungs to run")
     p.add_argument("--work-dir", default="/tmp/wan-bench-trials")
     p.add_argument("--report", action="store_true", help="print Markdown from the JSON files in --out")
     args = p.parse_args()

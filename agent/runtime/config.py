@@ -20,6 +20,9 @@ CompileMode = Literal["none", "regional", "full"]
 # Where weights live between uses. auto: none if everything fits in free accelerator memory, else the
 # cheapest mode that fits (model, then group, then sequential).
 OffloadMode = Literal["none", "model", "group", "sequential", "auto"]
+# How the VAE decodes. channels_last: conv weights in NDHWC (cuDNN's tensor-core layout) and cuDNN choosing
+# its kernels by timing them. compiled: that, and the decoder compiled by Inductor (norms, SiLU, padding fused).
+VaeDecode = Literal["eager", "channels_last", "compiled"]
 
 
 class Strict(BaseModel):
@@ -70,6 +73,7 @@ class Knobs(Strict):
     compile: CompileMode = "none"
     offload: OffloadMode = "none"
     vae_tiling: bool = False
+    vae_decode: VaeDecode = "eager"
     text_encoder_on_cpu: bool = False
 
     def describe(self) -> str:
@@ -81,7 +85,7 @@ class Knobs(Strict):
             parts.append("lightning")
         parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]
         defaults = Knobs.model_fields
-        for name in ("attention", "compile", "offload"):
+        for name in ("attention", "compile", "offload", "vae_decode"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
         parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu") if getattr(self, flag)]

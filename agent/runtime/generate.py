@@ -25,8 +25,9 @@ OnStep = Callable[[int, int, str, float], None]
 class Generation:
     """One generated clip and where its time went."""
 
-    frames: np.ndarray  # (frames, height, width, 3), float in [0, 1]
+    frames: np.ndarray  # (frames, height, width, 3), uint8
     text_encode_s: float
+    nonfinite: int = 0  # NaN/inf values the VAE produced (lost in the 8-bit frames, so counted before)
     step_s: list[float] = field(default_factory=list)
     step_expert: list[str] = field(default_factory=list)
     vae_decode_s: float = 0.0
@@ -109,23 +110,29 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
         callback_on_step_end=step_end,
     ).frames
     t0 = time.perf_counter()
-    gen.frames = decode(pipe, latents)
+    gen.frames, gen.nonfinite = decode(pipe, latents)
     synchronize(device)
     gen.vae_decode_s = time.perf_counter() - t0
     return gen
 
 
-def decode(pipe, latents: torch.Tensor) -> np.ndarray:
-    """Latents to frames in [0, 1], as WanPipeline does after its loop (un-normalise, VAE decode)."""
+def decode(pipe, latents: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Latents to 8-bit frames (frames, height, width, 3), and how many values came out NaN or inf.
+
+    As WanPipeline does after its loop (un-normalise, VAE decode, [-1, 1] -> [0, 255]), except that the
+    conversion runs on the accelerator: diffusers' postprocess copies a float32 clip (390 MB at 480p, 81
+    frames) to host memory and converts it there, which is part of the clip's time.
+    """
     vae = pipe.vae
     shape = (1, vae.config.z_dim, 1, 1, 1)
     latents = latents.to(vae.dtype)
     mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents)
     with torch.inference_mode():
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        frames = pipe.video_processor.postprocess_video(video.float(), output_type="np")
-    return frames[0]
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0][0]  # (3, frames, height, width)
+        nonfinite = int((~torch.isfinite(video)).sum())
+        pixels = ((video.float().nan_to_num(-1.0, 1.0, -1.0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(1, 2, 3, 0).cpu().numpy(), nonfinite
 
 
 def summarize(runs: list[Generation]) -> dict:

@@ -96,6 +96,18 @@ def _compile(pipe, mode: str) -> None:
             expert.compile()
 
 
+def _tune_vae(vae, mode: str) -> None:
+    torch.backends.cudnn.benchmark = True  # cuDNN times its conv3d algorithms once per shape, keeps the fastest
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
+    if mode == "compiled":
+        # The decoder's blocks share a few forward functions called at a dozen shapes each: past Dynamo's
+        # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so (1.26 s
+        # against 1.72 channels-last, ~90 s to compile); raising the limit made compiling take over 4 min.
+        vae.decoder.compile(dynamic=False)
+
+
 def _load(config: TrialConfig, dtype: torch.dtype, device: torch.device):
     """The pipeline, the offload mode chosen for it (and why), and its Lightning LoRA (paths or tensors)."""
     from diffusers import WanPipeline
@@ -152,6 +164,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         memory.place(pipe, offload, device, knobs.text_encoder_on_cpu)
     if knobs.vae_tiling:
         pipe.vae.enable_tiling()
+    if knobs.vae_decode != "eager":
+        _tune_vae(pipe.vae, knobs.vae_decode)
     if knobs.compile != "none":
         _compile(pipe, knobs.compile)
     synchronize(device)

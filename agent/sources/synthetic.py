@@ -8,6 +8,10 @@ layout so that the LoRA path is real too.
 ``tiny`` is saved in diffusers layout and loaded back with ``from_pretrained``, the path a downloaded
 model takes. Full-size presets (``a14b``) are built directly on the accelerator in the compute dtype
 (no fp32 copy, no disk): the compute is that of the real model, and it is ready in seconds.
+
+Weights are always drawn in bf16, the dtype Wan2.2 publishes, then cast: torch's random draws differ
+by dtype (a model drawn in fp16 is not the bf16 one rounded), so drawing in the trial's dtype would make
+an fp16 rung a different model from the bf16 baseline it is compared against.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B: the high-noise expert takes t >= 875
+DRAW_DTYPE = "bfloat16"
+FORMAT = 2  # bump when the weights a seed gives change: cached on-disk models are then rebuilt
 _KEEP_FP32 = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # as from_pretrained does
 
 
@@ -127,8 +133,17 @@ def _keep_fp32_modules(model) -> None:
             param.data = param.data.float()
 
 
-def _moved(module, home):
-    return module.to(home)
+def _placed(module, home, dtype, keep_fp32: bool = False):
+    """Cast the bf16 draw to ``dtype`` and move it to ``home``; with ``keep_fp32``, the modules diffusers keeps
+    in fp32 go there straight from the draw (bf16 -> fp32 is exact; through fp16 it would not be)."""
+    import torch
+
+    if keep_fp32:
+        _keep_fp32_modules(module)
+    for tensor in [*module.parameters(), *module.buffers()]:
+        keep = not tensor.is_floating_point() or (keep_fp32 and tensor.dtype == torch.float32)
+        tensor.data = tensor.data.to(home) if keep else tensor.data.to(home, dtype)
+    return module
 
 
 def build_pipeline(name: str, seed: int, device="cpu", dtype=None, home=None):
@@ -149,14 +164,12 @@ def build_pipeline(name: str, seed: int, device="cpu", dtype=None, home=None):
     tokenizer = build_t5_tokenizer(min(p.vocab_size, 256))
     torch.manual_seed(seed)
     home = home or device
-    with torch.device(device), _default_dtype(dtype):
-        text_encoder = _moved(UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval(), home)
-        transformer = _moved(WanTransformer3DModel(**p.transformer), home)
-        transformer_2 = _moved(WanTransformer3DModel(**p.transformer), home)
-        vae = _moved(AutoencoderKLWan(**p.vae), home)
-    if dtype != torch.float32:
-        for expert in (transformer, transformer_2):
-            _keep_fp32_modules(expert)
+    with torch.device(device), _default_dtype(getattr(torch, DRAW_DTYPE)):
+        text_encoder = _placed(UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval(), home, dtype)
+        keep = dtype != torch.float32
+        transformer = _placed(WanTransformer3DModel(**p.transformer), home, dtype, keep_fp32=keep)
+        transformer_2 = _placed(WanTransformer3DModel(**p.transformer), home, dtype, keep_fp32=keep)
+        vae = _placed(AutoencoderKLWan(**p.vae), home, dtype)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=p.flow_shift)
     return WanPipeline(
         tokenizer=tokenizer,
@@ -180,13 +193,15 @@ def lightning_lora_state_dict(name: str, seed: int, device="cpu", dtype=None) ->
     shapes = {f"{attn}.{proj}": (dim, dim) for attn in ("self_attn", "cross_attn") for proj in "qkvo"}
     shapes |= {"ffn.0": (dim, p["ffn_dim"]), "ffn.2": (p["ffn_dim"], dim)}
     gen = torch.Generator(device=device).manual_seed(seed)
+    draw = getattr(torch, DRAW_DTYPE)
     tensors = {}
     for block in range(p["num_layers"]):
         for module, (fan_in, fan_out) in shapes.items():
             key = f"diffusion_model.blocks.{block}.{module}"
-            down = torch.randn(rank, fan_in, generator=gen, device=device, dtype=dtype) / fan_in**0.5
-            tensors[f"{key}.lora_down.weight"] = down
-            tensors[f"{key}.lora_up.weight"] = torch.randn(fan_out, rank, generator=gen, device=device, dtype=dtype) * 0.02
+            down = torch.randn(rank, fan_in, generator=gen, device=device, dtype=draw) / fan_in**0.5
+            tensors[f"{key}.lora_down.weight"] = down.to(dtype)
+            up = torch.randn(fan_out, rank, generator=gen, device=device, dtype=draw) * 0.02
+            tensors[f"{key}.lora_up.weight"] = up.to(dtype)
             tensors[f"{key}.alpha"] = torch.tensor(float(rank), device=device)
     return tensors
 
@@ -205,7 +220,7 @@ def write(name: str, seed: int, target: Path) -> None:
 
 def materialize(name: str, seed: int, cache_dir: Path) -> Path:
     """Return the on-disk model for ``name``/``seed``, building it once; a half-written one is never used."""
-    target = cache_dir / f"synthetic-{name}-seed{seed}"
+    target = cache_dir / f"synthetic-{name}-v{FORMAT}-seed{seed}"
     if (target / "model_index.json").exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,24 @@ def test_offload_modes_run_and_compute_the_same_function(tmp_path, base, mode):
         assert error < 1e-2
 
 
+def test_fp16_computes_the_bf16_function(tmp_path, base):
+    result = trial(tmp_path, "fp16", precision="fp16")
+    assert result["quality"]["passed"]
+    for error in result["fidelity"]["relative_error"].values():
+        assert 0 < error < 0.05
+
+
+@pytest.mark.parametrize("mode", ["channels_last", "compiled"])
+def test_vae_decode_modes_keep_the_clip(tmp_path, base, mode):
+    result = trial(tmp_path, mode, vae_decode=mode)
+    assert result["quality"]["passed"]
+    assert result["fidelity"]["psnr_dB"] > 30
+
+
 def test_text_encoder_on_cpu(tmp_path, base):
     result = trial(tmp_path, "te-cpu", text_encoder_on_cpu=True)
-    assert result["quality"]["passed"] and max(result["fidelity"]["relative_error"].values()) < 1e-2
+    errors = result["fidelity"]["relative_error"]
+    assert result["quality"]["passed"] and max(errors.values()) < 1e-2, errors
 
 
 def test_auto_offload_follows_the_memory_cap():

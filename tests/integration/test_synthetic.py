@@ -40,6 +40,19 @@ def test_weights_are_fixed_by_the_seed():
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
+def test_every_precision_starts_from_the_same_weights():
+    # torch draws different numbers per dtype; an fp16 rung must be the bf16 baseline's model, rounded
+    # (exactly the same except below fp16's normal range, ~6e-5, where fp16 keeps fewer bits).
+    bf16, fp16 = (synthetic.build_pipeline("tiny", 0, device="cpu", dtype=d) for d in (torch.bfloat16, torch.float16))
+    assert fp16.transformer.blocks[0].attn1.to_q.weight.dtype == torch.float16
+    for a, b in ((bf16.transformer, fp16.transformer), (bf16.vae, fp16.vae), (bf16.text_encoder, fp16.text_encoder)):
+        for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(wb.float(), wa.float(), rtol=0, atol=3e-8, msg=name)
+    lora = [synthetic.lightning_lora_state_dict("tiny", 1, dtype=d) for d in (torch.bfloat16, torch.float16)]
+    for key, tensor in lora[0].items():
+        torch.testing.assert_close(lora[1][key].float(), tensor.float(), rtol=0, atol=3e-8, msg=key)
+
+
 def test_lightning_lora_fuses_into_both_experts(model):
     pipe = WanPipeline.from_pretrained(model.path, dtype=torch.float32)
     before = [t.blocks[0].attn1.to_q.weight.clone() for t in (pipe.transformer, pipe.transformer_2)]
