@@ -18,6 +18,10 @@ def failure_reason(outcome: dict) -> str | None:
         return f"printed nothing past the idle timeout and was killed after {session['wall_s']:.0f} s"
     if session["outcome"] == "lost":
         return "its tmux session vanished without an exit code (tmux server or machine died)"
+    code = session["exit_code"]
+    if code is not None and code >= 128 and not result:
+        again = " again, after being run once more" if outcome.get("reruns") else ""
+        return f"the worker was killed by signal {code - 128}{again}, before writing its result"
     if session["exit_code"] != 0 or result.get("status") != "ok":
         error = result.get("error") or {}
         detail = f"{error.get('type')}: {error.get('message')}" if error else "no result.json; see stdout.log"

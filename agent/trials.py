@@ -46,7 +46,6 @@ def _start(session: str, trial_dir: Path) -> None:
         (trial_dir / name).unlink(missing_ok=True)
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
-    argv = [sys.executable, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
     # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(trial_dir.parent.parent / "inductor-cache")
     env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from agent import tmux
 from tests.conftest import ROOT, WAN_AGENT, small_playbook, wan_agent, write_playbook
@@ -122,3 +123,22 @@ def test_a_trial_killed_from_outside_runs_once_more(tmp_path, how):
     assert ("signal 9" if how.startswith("kill") else "vanished") in fp8["reruns"][0]
     assert (trial / "stdout.attempt1.log").exists() and "done:" in (trial / "stdout.log").read_text()
     assert "**Rerun.**" in (runs / run_id / "journal.md").read_text()
+
+
+def test_a_worker_killed_twice_fails_its_trial_and_the_run_goes_on(tmp_path):
+    runs = tmp_path / "runs"
+    agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
+    os.kill(_worker_pid(session), signal.SIGKILL)
+    rerun_log = trial / "stdout.log"
+    wait_for(lambda: (trial / "stdout.attempt1.log").exists(), 60, "the rerun to start")
+    wait_for(lambda: rerun_log.exists() and "repeat 1/2" in rerun_log.read_text(), 300, "the rerun to be timing")
+    os.kill(_worker_pid(session), signal.SIGKILL)
+    assert agent.wait(timeout=300) == 0
+    events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
+    decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
+    assert list(decisions) == ["00-baseline", "01-fp8", "02-lightning"]  # never a third attempt
+    fp8 = decisions["01-fp8"]
+    assert fp8["verdict"] == "failed" and "signal 9" in fp8["reason"] and len(fp8["reruns"]) == 1
+    assert not [e for e in events if e["kind"] == "remediation"]  # no rule for it: recorded, not retried
+    best = yaml.safe_load((runs / run_id / "best.yaml").read_text())
+    assert best["knobs"]["fp8"] == "none" and best["measured"]["name"] == "02-lightning"
