@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent import hardware, playbook, runs
+from agent.files import storage_problem
 from agent.sources import SourceError
 
 logger = logging.getLogger("wan-agent")
@@ -46,12 +47,29 @@ def cmd_run(args) -> int:
     run_id = runs.start(book, runs_dir)
     logger.info("run %s started in %s (resume with: wan-agent resume %s)", run_id, runs_dir / run_id, run_id)
     print(run_id, flush=True)
-    return _finish(runs.drive(run_id, runs_dir), runs_dir / run_id)
+    return _finish(_drive(run_id, runs_dir), runs_dir / run_id)
 
 
 def cmd_resume(args) -> int:
     runs_dir = _runs_dir(args)
-    return _finish(runs.drive(args.run_id, runs_dir), runs_dir / args.run_id)
+    return _finish(_drive(args.run_id, runs_dir), runs_dir / args.run_id)
+
+
+class RunStopped(RuntimeError):
+    """The run stopped cleanly on something outside it (a full or read-only disk); resume continues it."""
+
+
+def _drive(run_id: str, runs_dir: Path) -> dict:
+    try:
+        return runs.drive(run_id, runs_dir)
+    except Exception as err:
+        problem = storage_problem(err)
+        if problem is None:
+            raise
+        raise RunStopped(
+            f"run {run_id} stopped: the runs directory takes no more writes ({problem}). Everything recorded "
+            f"before is kept; free space or make {runs_dir} writable, then `wan-agent resume {run_id}`"
+        ) from err
 
 
 def _finish(state: dict, run_dir: Path) -> int:
@@ -125,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         print(f"wan-agent: invalid input: {problems}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"wan-agent: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if storage_problem(err) is None:
+            raise
+        print(f"wan-agent: cannot write to {_runs_dir(args)}: {storage_problem(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("wan-agent: interrupted; `wan-agent resume RUN_ID` continues the run", file=sys.stderr)
         return 130

@@ -1,10 +1,57 @@
-"""Small file helpers: every file the agent writes appears whole or not at all."""
+"""Small file helpers: every file the agent writes appears whole or not at all, and a disk that takes no
+more writes (full, over quota, read-only) is named as such instead of failing whatever touched it last."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sqlite3
 from pathlib import Path
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+STORAGE_MESSAGES = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "Read-only file system",
+    "disk is full",
+    "readonly database",
+)
+
+
+class StorageError(RuntimeError):
+    """The runs directory takes no more writes."""
+
+
+def storage_problem(err: BaseException | None) -> str | None:
+    """What the disk refused, if ``err`` (or an exception behind it) is a full, over-quota or read-only disk."""
+    while err is not None:
+        if isinstance(err, StorageError):
+            return str(err)
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return f"{err.strerror}" + (f" ({err.filename})" if err.filename else "")
+        if isinstance(err, sqlite3.OperationalError) and any(m in str(err) for m in STORAGE_MESSAGES):
+            return f"SQLite: {err}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def check_room(directory: Path, need_bytes: int) -> None:
+    """Raise StorageError unless ``directory`` has ``need_bytes`` free and takes a write (a read-only mount has space)."""
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+        raise StorageError(f"{directory} has {free / 2**20:.1f} MiB free; a trial writes up to {need_bytes / 2**20:.1f} MiB")
+    probe = Path(directory) / ".write-check"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise StorageError(f"{directory}: {err.strerror}") from err
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -98,6 +98,7 @@ class Sampler:
         self.csv_path, self.worker_pid, self.interval_s = csv_path, worker_pid, interval_s
         self.nvml = Nvml(gpu_index)
         self.rows: list[dict] = []
+        self.write_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
 
@@ -114,23 +115,33 @@ class Sampler:
         return self.summary()
 
     def _loop(self) -> None:
-        t0 = time.monotonic()
-        new_file = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new_file:
-                writer.writeheader()
-            while not self._stop.wait(self.interval_s):
-                row = {
-                    "t_s": round(time.monotonic() - t0, 3),
-                    **self.nvml.sample(),
-                    "cpu_pct": psutil.cpu_percent(),
-                    "worker_rss_GiB": _tree_rss_GiB(self.worker_pid()),
-                    "ram_used_GiB": psutil.virtual_memory().used / 2**30,
-                }
-                self.rows.append(row)
-                writer.writerow(row)
-                f.flush()
+        t0, written = time.monotonic(), 0
+        while not self._stop.wait(self.interval_s):
+            row = {
+                "t_s": round(time.monotonic() - t0, 3),
+                **self.nvml.sample(),
+                "cpu_pct": psutil.cpu_percent(),
+                "worker_rss_GiB": _tree_rss_GiB(self.worker_pid()),
+                "ram_used_GiB": psutil.virtual_memory().used / 2**30,
+            }
+            self.rows.append(row)
+            written = self._append_csv(written)
+
+    def _append_csv(self, written: int) -> int:
+        """Append the rows not yet in the CSV; a disk that refuses is noted once, and sampling goes on in memory."""
+        if self.write_error:
+            return written
+        try:
+            new_file = not self.csv_path.exists()
+            with open(self.csv_path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                if new_file:
+                    writer.writeheader()
+                writer.writerows(self.rows[written:])
+            return len(self.rows)
+        except OSError as err:
+            self.write_error = f"{self.csv_path.name} not written past row {written}: {err.strerror}"
+            return written
 
     def summary(self) -> dict:
         """Means and peaks of what was measured; keys for what was not measured are left out."""
@@ -153,4 +164,6 @@ class Sampler:
             found = values(key)
             if found:
                 out[name] = stat(found)
+        if self.write_error:
+            out["write_error"] = self.write_error
         return out

@@ -41,9 +41,14 @@ def _log_tail(log: Path, lines: int = 30) -> str:
         return ""
 
 
-def _start(session: str, trial_dir: Path) -> None:
-    for name in STALE_OUTPUTS:  # left by an attempt whose session was lost
+def forget(trial_dir: Path) -> None:
+    """Remove what an attempt left, so that the trial is started afresh (not read back) next time."""
+    for name in STALE_OUTPUTS:
         (trial_dir / name).unlink(missing_ok=True)
+
+
+def _start(session: str, trial_dir: Path) -> None:
+    forget(trial_dir)  # left by an attempt whose session was lost
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
     # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.

@@ -10,9 +10,10 @@ from langgraph.runtime import Runtime
 
 from agent import trials
 from agent.capabilities import cannot_run
+from agent.files import check_room
 from agent.nodes import journal, run_dir
 from agent.playbook import Playbook
-from agent.runtime.config import Knobs, LoraFiles, TrialConfig
+from agent.runtime.config import Knobs, LoraFiles, TrialConfig, Workload
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,11 @@ BASELINE: dict[str, Any] = {
     "gate": "reference_free",
     "hypothesis": "The model card's settings, unoptimised: the reference every rung is measured and judged against.",
 }
+
+
+def trial_bytes(work: Workload) -> int:
+    """The most one trial writes: the clip as frames.npy and as video (no larger), logs, telemetry and JSON."""
+    return 2 * work.frames * work.height * work.width * 3 + 8 * 2**20
 
 
 def best_dir(done: list[dict]) -> str:
@@ -65,6 +71,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             log.record("rung_skipped", key=f"skipped:{rung['name']}", rung=rung["name"], reason=reason)
     index = len(done)
     name = f"{index:02d}-{rung['name']}"
+    check_room(run_dir(state, runtime), trial_bytes(book.workload))  # stop cleanly here rather than mid-trial
     trial_dir = run_dir(state, runtime) / "trials" / name
     model = state["model"]
     config = TrialConfig(
