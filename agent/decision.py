@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected", "skipped"]
+# confirmed / unconfirmed: the probe-mode winner timed once more as a whole clip.
+Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected", "skipped", "confirmed", "unconfirmed"]
+# Expected range of n samples of a normal distribution, in standard deviations (the d2 constant of
+# quality-control charts): the spread of n repeats is about D2[n]·σ.
+D2 = {2: 1.128, 3: 1.693, 4: 2.059, 5: 2.326, 6: 2.534, 7: 2.704, 8: 2.847, 9: 2.970, 10: 3.078}
 # Errors that mean "this machine cannot run that rung", not "the rung is broken": the rung is skipped.
 CANNOT_RUN_HERE = ("BackendUnavailable", "UnsupportedOnHardware")
 
@@ -63,4 +68,38 @@ def judge(outcome: dict, best: dict | None, min_gain: float, max_relative_error:
         )
     return "reverted", (
         f"not faster beyond the noise: {time_s:.3f} s vs best {best_s:.3f} s (gain {gain:+.3f} s, needed > {needed:.3f} s)"
+    )
+
+
+def repeats_for(spread_s: float, repeats: int, time_s: float, min_gain: float, fewest: int, most: int) -> tuple[int, str]:
+    """How many timed repeats tell a ``min_gain`` difference from the noise the baseline's repeats showed.
+
+    σ ≈ spread / D2[repeats]; the median of k repeats varies by ≈ 1.25·σ/√k, the difference of two such
+    medians by √2 times that; k is chosen so that two of those (≈ 95 %) fit in the margin min_gain·time.
+    """
+    if repeats < 2 or time_s <= 0:
+        return most, "no spread measured (fewer than 2 baseline repeats): the most repeats allowed"
+    sigma = spread_s / D2[min(repeats, max(D2))]
+    margin = max(min_gain, 1e-3) * time_s
+    needed = math.ceil((2 * math.sqrt(2) * 1.2533 * sigma / margin) ** 2)
+    k = min(max(needed, fewest), most)
+    why = (
+        f"baseline noise σ ≈ {sigma:.4f} s ({100 * sigma / time_s:.2f} % of {time_s:.3f} s, from the spread of "
+        f"{repeats} repeats); {needed} repeat(s) resolve a {100 * min_gain:g} % gain"
+    )
+    return k, why + ("" if k == needed else f", kept within [{fewest}, {most}]")
+
+
+def confirm(outcome: dict, best: dict) -> tuple[Verdict, str]:
+    """Judge the full-clip confirmation of a winner found in probe mode."""
+    failed = failure_reason(outcome)
+    if failed:
+        return "unconfirmed", f"the full clip did not finish: {failed}"
+    result = outcome["result"]
+    if not result["quality"]["passed"]:
+        return "unconfirmed", "the full clip is broken: " + "; ".join(result["quality"]["reasons"])
+    clip_s, predicted_s = result["summary"]["generate_s"], best["generate_s"]
+    return "confirmed", (
+        f"one full clip took {clip_s:.3f} s against {predicted_s:.3f} s predicted from probe-mode steps "
+        f"({100 * (clip_s - predicted_s) / predicted_s:+.1f} %)"
     )

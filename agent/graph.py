@@ -18,7 +18,7 @@ from langgraph.graph import END, START, StateGraph
 from agent.nodes.evaluate import evaluate
 from agent.nodes.fetch import fetch
 from agent.nodes.patch import patch
-from agent.nodes.plan import plan
+from agent.nodes.plan import needs_confirmation, plan
 from agent.nodes.probe import probe
 from agent.nodes.provision import provision
 from agent.nodes.remediate import remediate
@@ -37,7 +37,7 @@ def after_evaluate(state: AgentState) -> Literal["remediate", "plan", "report"]:
         return "remediate"
     if not state.get("best"):  # no baseline and no rule left to get one: nothing to compare rungs against
         return "report"
-    return "plan" if state.get("pending") else "report"
+    return "plan" if state.get("pending") or needs_confirmation(state) else "report"
 
 
 def build_graph() -> StateGraph[AgentState, RunContext, AgentState, AgentState]:

@@ -34,6 +34,8 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
     if planned.get("change"):
         changed = ", ".join(f"`{k}` {old} → {new}" for k, (old, new) in planned["change"].items())
         lines[-1] += f" (changed: {changed})"
+    if planned.get("measurement_why"):
+        lines[-1] += f". Timing: {planned['measurement']['mode']} mode, {planned['measurement_why']}"
     lines.append("")
     if decision is None:
         return [*lines, "_Running, or interrupted: no decision yet._", ""]
@@ -75,6 +77,9 @@ def _quality(decision: dict) -> str:
     return text + "."
 
 
+KEPT = {"baseline": "baseline", "kept": "yes", "confirmed": "confirms the winner"}
+
+
 def _table(decisions: list[dict]) -> list[str]:
     lines = [
         "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |",
@@ -82,7 +87,9 @@ def _table(decisions: list[dict]) -> list[str]:
     ]
     for d in decisions:
         speedup = f"{d['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in d else "n/a"
-        kept = {"baseline": "baseline", "kept": "yes"}.get(d["verdict"], f"no ({d['verdict']})")
+        kept = {"baseline": "baseline", "kept": "yes", "confirmed": "confirms the winner"}.get(
+            d["verdict"], f"no ({d['verdict']})"
+        )
         lines.append(
             f"| {d['name']}: {d.get('label', '')} | {d['knobs']['steps']} | {d.get('frames', '')} | "
             f"{_fmt_s(d.get('generate_s'))} | {speedup} | {_memory(d)} | {_energy(d)} | {kept} |"

@@ -6,7 +6,7 @@ import logging
 
 from langgraph.runtime import Runtime
 
-from agent.decision import judge
+from agent.decision import confirm, judge
 from agent.nodes import journal
 from agent.state import AgentState, RunContext
 
@@ -44,7 +44,11 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     outcome = candidate["outcome"]
     rules = state["playbook"]["decision"]
     same_function = candidate.get("gate") == "fidelity"
-    verdict, reason = judge(outcome, best, rules["min_gain"], rules["max_relative_error"] if same_function else None)
+    if candidate.get("gate") == "confirm":
+        assert best is not None  # plan confirms only a winner
+        verdict, reason = confirm(outcome, best)
+    else:
+        verdict, reason = judge(outcome, best, rules["min_gain"], rules["max_relative_error"] if same_function else None)
     keys = ("index", "name", "rung", "hypothesis", "gate", "set", "remediation", "knobs", "dir")
     record: dict = {k: candidate.get(k) for k in keys}
     record |= {"verdict": verdict, "reason": reason, "session": outcome["session"], **_figures(outcome)}
@@ -62,4 +66,8 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     update: dict = {"trials": [*state.get("trials", []), record], "candidate": None}
     if verdict in ("baseline", "kept"):
         update["best"] = record
+    elif best is not None and verdict in ("confirmed", "unconfirmed"):
+        update["best"] = best | {"confirmation": {"trial": record["name"], "verdict": verdict, "reason": reason}}
+        if verdict == "confirmed":
+            update["best"]["confirmation"]["clip_s"] = record["generate_s"]
     return update

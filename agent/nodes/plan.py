@@ -1,5 +1,7 @@
-"""plan: pick the next trial (the baseline first, then the next rung on top of the current best) and
-write its trial.json. Rungs that cannot run or change nothing are skipped, with the reason recorded."""
+"""plan: pick the next trial (the baseline first, then the next rung on top of the current best, and, after a
+search in probe mode, one full clip of the winner) and write its trial.json. Rungs that cannot run or change
+nothing are skipped, with the reason recorded. After the baseline, each trial's repeat count comes from the
+noise the baseline's repeats showed."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from langgraph.runtime import Runtime
 
 from agent import trials
 from agent.capabilities import cannot_run
+from agent.decision import repeats_for
 from agent.files import check_room
 from agent.nodes import journal, run_dir
 from agent.playbook import Playbook
-from agent.runtime.config import Knobs, LoraFiles, TrialConfig, Workload
+from agent.runtime.config import Knobs, LoraFiles, Measurement, TrialConfig, Workload
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -24,6 +27,37 @@ BASELINE: dict[str, Any] = {
     "gate": "reference_free",
     "hypothesis": "The model card's settings, unoptimised: the reference every rung is measured and judged against.",
 }
+
+
+CONFIRM: dict[str, Any] = {
+    "name": "confirm",
+    "set": {},
+    "gate": "confirm",
+    "hypothesis": "Probe mode predicted the winner's clip from a few steps of each expert; one whole clip, "
+    "timed after a warm-up, confirms the prediction (or shows where it was wrong).",
+}
+
+
+def measurement_for(book: Playbook, done: list[dict], rung: dict) -> tuple[Measurement, str]:
+    """How the trial is timed, and why so."""
+    m = book.measurement
+    if rung is CONFIRM:
+        return m.model_copy(update={"mode": "full", "repeats": 1}), "one full clip after the warm-up"
+    baseline = next((t for t in done if t["verdict"] == "baseline"), None)
+    key = "probe_steps" if m.mode == "probe" else "repeats"
+    if baseline is None:
+        return m, f"{key} {getattr(m, key)}, as the playbook sets for the baseline"
+    k, why = repeats_for(
+        baseline["spread_s"], baseline["repeats"], baseline["generate_s"], book.decision.min_gain, m.fewest, m.most
+    )
+    return m.model_copy(update={key: k}), f"{key} {k}: {why}"
+
+
+def needs_confirmation(state: AgentState) -> bool:
+    """A search in probe mode ends with one full clip of its winner."""
+    done, best = state.get("trials", []), state.get("best")
+    probe = state["playbook"]["measurement"]["mode"] == "probe"
+    return probe and best is not None and not any(t["rung"] == "confirm" for t in done)
 
 
 def trial_bytes(work: Workload) -> int:
@@ -61,7 +95,10 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     else:
         while True:
             if not pending:
-                return {"candidate": None, "pending": []}
+                if not needs_confirmation(state):
+                    return {"candidate": None, "pending": []}
+                rung, knobs = CONFIRM, Knobs.model_validate(best_knobs)
+                break
             rung = pending.pop(0)
             knobs = Knobs.model_validate(best_knobs | rung["set"])
             reason = _skip_reason(knobs, best_knobs, state)
@@ -71,7 +108,8 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             log.record("rung_skipped", key=f"skipped:{rung['name']}", rung=rung["name"], reason=reason)
     index = len(done)
     name = f"{index:02d}-{rung['name']}"
-    check_room(run_dir(state, runtime), trial_bytes(book.workload))  # stop cleanly here rather than mid-trial
+    check_room(run_dir(state, runtime), trial_bytes(book.workload))
+    measurement, measurement_why = measurement_for(book, done, rung)  # stop cleanly here rather than mid-trial
     trial_dir = run_dir(state, runtime) / "trials" / name
     model = state["model"]
     config = TrialConfig(
@@ -82,7 +120,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         knobs=knobs,
         model_seed=book.model.seed,
         lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
-        measurement=book.measurement,
+        measurement=measurement,
         output_dir=str(trial_dir),
         reference_dir=best_dir(done) if best and rung.get("gate") == "fidelity" else None,
     )
@@ -98,6 +136,8 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         knobs=knobs.model_dump(),
         label=knobs.describe(),
         change=change,
+        measurement=measurement.model_dump(),
+        measurement_why=measurement_why,
     )
     return {
         "pending": pending,

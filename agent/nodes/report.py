@@ -32,7 +32,8 @@ def best_config(state: AgentState) -> dict:
             for k in ("name", "generate_s", "spread_s", "speedup_vs_baseline", "peak_memory_GiB", "energy_J")
             if best.get(k) is not None
         }
-        | {"on": best.get("device")},
+        | {"on": best.get("device")}
+        | ({"confirmation": best["confirmation"]} if "confirmation" in best else {}),
     }
 
 

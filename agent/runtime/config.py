@@ -101,6 +101,16 @@ class Measurement(Strict):
     # expert, CFG included), from which the clip's denoising time is predicted.
     mode: Literal["full", "probe"] = "full"
     probe_steps: int = Field(default=3, ge=1, le=50)
+    # After the baseline, the repeats (probe_steps in probe mode) of each trial come from the baseline's
+    # measured spread, between these bounds; `repeats`/`probe_steps` above are the baseline's.
+    fewest: int = Field(default=2, ge=1, le=50)
+    most: int = Field(default=10, ge=1, le=50)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Measurement:
+        if self.fewest > self.most:
+            raise ValueError(f"fewest ({self.fewest}) must not exceed most ({self.most})")
+        return self
 
 
 class LoraFiles(Strict):

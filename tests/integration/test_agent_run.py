@@ -42,6 +42,38 @@ def test_run_prints_its_id_and_converges_on_lightning(converged):
     assert best["knobs"]["fp8"] == ("layerwise" if decisions["01-fp8"] == "kept" else "none")
 
 
+def test_repeats_after_the_baseline_come_from_its_spread(converged):
+    _, runs, run_id = converged
+    planned = {e["trial"]: e for e in events(runs / run_id) if e["kind"] == "trial_planned"}
+    assert planned["00-baseline"]["measurement"]["repeats"] == 2  # the playbook's
+    for name in ("01-fp8", "02-lightning"):
+        repeats = planned[name]["measurement"]["repeats"]
+        assert 2 <= repeats <= 10 and "baseline noise" in planned[name]["measurement_why"]
+        log = (runs / run_id / "trials" / name / "stdout.log").read_text()
+        assert f"repeat {repeats}/{repeats} took" in log
+    assert "Timing: full mode, repeats" in (runs / run_id / "journal.md").read_text()
+
+
+def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
+    measurement = {"mode": "probe", "warmup": 1, "repeats": 2, "probe_steps": 2}
+    book = write_playbook(tmp_path / "tiny-probe.yaml", small_playbook(measurement=measurement))
+    done = wan_agent("run", "--playbook", str(book), runs_dir=tmp_path / "runs")
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "runs" / done.stdout.strip()
+    decisions = {e["name"]: e for e in events(run_dir) if e["kind"] == "decision"}
+    assert list(decisions) == ["00-baseline", "01-fp8", "02-lightning", "03-confirm"]
+    assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "02-lightning"))
+    confirm = decisions["03-confirm"]
+    assert (
+        confirm["verdict"] == "confirmed" and not confirm["predicted"] and "predicted from probe-mode steps" in confirm["reason"]
+    )
+    assert (run_dir / "trials" / "03-confirm" / "video.mp4").is_file()
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["measured"]["name"] == "02-lightning"  # the winner; the confirmation only times it whole
+    assert best["measured"]["confirmation"]["clip_s"] == confirm["generate_s"]
+    assert "confirms the winner" in (run_dir / "journal.md").read_text()
+
+
 def test_each_trial_dir_holds_its_artifacts(converged):
     _, runs, run_id = converged
     for trial in ("00-baseline", "01-fp8", "02-lightning"):

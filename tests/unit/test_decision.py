@@ -1,4 +1,4 @@
-from agent.decision import judge
+from agent.decision import confirm, judge, repeats_for
 
 GOOD_QUALITY = {"passed": True, "reasons": []}
 
@@ -95,3 +95,22 @@ def test_remediation_walks_a_rule_once_and_accumulates_its_changes():
     assert next_fix(exhausted, rules) is None  # never retried without end
     assert next_fix(failed | {"reason": "Segmentation fault"}, rules) is None  # no rule: recorded and skipped
     assert next_fix(failed | {"verdict": "rejected"}, rules) is None  # broken output is not remediated
+
+
+def test_repeats_follow_the_baselines_noise():
+    quiet, _ = repeats_for(spread_s=0.001, repeats=3, time_s=10.0, min_gain=0.02, fewest=2, most=10)
+    assert quiet == 2
+    # σ = 0.1693/1.693 = 0.1 s on 10 s; margin 0.2 s: k = ceil((2·√2·1.2533·0.1/0.2)²) = 4
+    four, why = repeats_for(spread_s=0.1693, repeats=3, time_s=10.0, min_gain=0.02, fewest=2, most=10)
+    assert four == 4 and "σ ≈ 0.1000 s" in why
+    noisy, why = repeats_for(spread_s=2.0, repeats=3, time_s=10.0, min_gain=0.02, fewest=2, most=10)
+    assert noisy == 10 and "kept within [2, 10]" in why
+    assert repeats_for(0.0, 1, 10.0, 0.02, 2, 7)[0] == 7  # no spread measured: the most
+
+
+def test_confirmation_compares_the_full_clip_with_the_prediction():
+    best = {"generate_s": 10.0}
+    verdict, reason = confirm(outcome(generate_s=10.5), best)
+    assert verdict == "confirmed" and "+5.0 %" in reason
+    verdict, reason = confirm(outcome(generate_s=10.5, quality={"passed": False, "reasons": ["NaN"]}), best)
+    assert verdict == "unconfirmed" and "broken" in reason
