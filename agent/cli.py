@@ -16,8 +16,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent import hardware, playbook, runs
-from agent.files import storage_problem
+from agent.files import StorageError, storage_problem
 from agent.sources import SourceError
+from agent.state import RunStopped
 
 logger = logging.getLogger("wan-agent")
 
@@ -55,21 +56,25 @@ def cmd_resume(args) -> int:
     return _finish(_drive(args.run_id, runs_dir), runs_dir / args.run_id)
 
 
-class RunStopped(RuntimeError):
-    """The run stopped cleanly on something outside it (a full or read-only disk); resume continues it."""
-
-
 def _drive(run_id: str, runs_dir: Path) -> dict:
     try:
         return runs.drive(run_id, runs_dir)
+    except RunStopped as err:
+        if isinstance(err, StorageError):
+            raise RunStopped(_storage_stop(run_id, runs_dir, str(err))) from err
+        raise RunStopped(f"run {run_id} stopped: {err}. Then `wan-agent resume {run_id}`") from err
     except Exception as err:
         problem = storage_problem(err)
         if problem is None:
             raise
-        raise RunStopped(
-            f"run {run_id} stopped: the runs directory takes no more writes ({problem}). Everything recorded "
-            f"before is kept; free space or make {runs_dir} writable, then `wan-agent resume {run_id}`"
-        ) from err
+        raise RunStopped(_storage_stop(run_id, runs_dir, problem)) from err
+
+
+def _storage_stop(run_id: str, runs_dir: Path, problem: str) -> str:
+    return (
+        f"run {run_id} stopped: the runs directory takes no more writes ({problem}). Everything recorded "
+        f"before is kept; free space or make {runs_dir} writable, then `wan-agent resume {run_id}`"
+    )
 
 
 def _finish(state: dict, run_dir: Path) -> int:

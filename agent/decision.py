@@ -6,7 +6,8 @@ import math
 from typing import Literal
 
 # confirmed / unconfirmed: the probe-mode winner timed once more as a whole clip.
-Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected", "skipped", "confirmed", "unconfirmed"]
+# changed_workload: it ran only at a smaller size (remediation's last resort): not comparable, never kept.
+Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected", "skipped", "confirmed", "unconfirmed", "changed_workload"]
 # Expected range of n samples of a normal distribution, in standard deviations (the d2 constant of
 # quality-control charts): the spread of n repeats is about D2[n]·σ.
 D2 = {2: 1.128, 3: 1.693, 4: 2.059, 5: 2.326, 6: 2.534, 7: 2.704, 8: 2.847, 9: 2.970, 10: 3.078}

@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from agent.state import RunStopped
+
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 STORAGE_MESSAGES = (
     "No space left on device",
@@ -20,7 +22,7 @@ STORAGE_MESSAGES = (
 )
 
 
-class StorageError(RuntimeError):
+class StorageError(RunStopped):
     """The runs directory takes no more writes."""
 
 

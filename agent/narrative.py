@@ -34,6 +34,9 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
     if planned.get("change"):
         changed = ", ".join(f"`{k}` {old} → {new}" for k, (old, new) in planned["change"].items())
         lines[-1] += f" (changed: {changed})"
+    if planned.get("workload_changed"):
+        change = planned["workload_changed"]
+        lines[-1] += f". **Changed workload**: {change['to']} instead of {change['from']} (not a speed-up)"
     if planned.get("measurement_why"):
         lines[-1] += f". Timing: {planned['measurement']['mode']} mode, {planned['measurement_why']}"
     lines.append("")
@@ -51,6 +54,10 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"**Quality.** {_quality(decision)}",
             "",
         ]
+    if (decision.get("gpu_check") or {}).get("shared"):
+        check = decision["gpu_check"]
+        seen = "; ".join(check[k] for k in ("before", "during") if k in check)
+        lines += [f"**Shared GPU.** Measured while another process used the GPU ({seen}): not this machine's figures.", ""]
     for rerun in decision.get("reruns", []):
         lines += [
             f"**Rerun.** The first attempt ended because {rerun}; the trial ran once more "
@@ -87,12 +94,11 @@ def _table(decisions: list[dict]) -> list[str]:
     ]
     for d in decisions:
         speedup = f"{d['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in d else "n/a"
-        kept = {"baseline": "baseline", "kept": "yes", "confirmed": "confirms the winner"}.get(
-            d["verdict"], f"no ({d['verdict']})"
-        )
+        kept = KEPT.get(d["verdict"], f"no ({d['verdict']})")
+        shared = " (shared GPU)" if (d.get("gpu_check") or {}).get("shared") else ""
         lines.append(
             f"| {d['name']}: {d.get('label', '')} | {d['knobs']['steps']} | {d.get('frames', '')} | "
-            f"{_fmt_s(d.get('generate_s'))} | {speedup} | {_memory(d)} | {_energy(d)} | {kept} |"
+            f"{_fmt_s(d.get('generate_s'))}{shared} | {speedup} | {_memory(d)} | {_energy(d)} | {kept} |"
         )
     return lines
 

@@ -50,7 +50,9 @@ class Rung(Strict):
 
 
 class Remedy(Strict):
-    """A failure signature (regexes over the failure's reason and log tail) and the changes to try, in order."""
+    """A failure signature (regexes over the failure's reason and log tail) and the changes to try, in order.
+    A change is knobs, or ``workload: {height, width, frames}``: a last resort that changes the work itself,
+    so the trial it makes is recorded as a changed workload, never as a speed-up."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
     match: list[str] = Field(min_length=1)
@@ -72,6 +74,22 @@ class Timeouts(Strict):
     idle_timeout_s: float = Field(default=300, gt=0)  # no output for this long means a hang
 
 
+class BusyGpu(Strict):
+    """Another process on the GPU before a trial: wait this long for it to go, then refuse (stop the run,
+    resume later) or run anyway with every figure of the trial flagged as measured on a shared GPU."""
+
+    wait_s: float = Field(default=600, ge=0)
+    then: Literal["refuse", "flag"] = "refuse"
+
+
+class Limits(Strict):
+    """Caps every trial runs under: a share of the GPU's memory (as on a smaller card), or an address-space
+    limit on the worker (RLIMIT_AS), where an allocation past it fails as out-of-memory."""
+
+    gpu_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    host_memory_GiB: float | None = Field(default=None, gt=0)
+
+
 class Decision(Strict):
     min_gain: float = Field(default=0.02, ge=0, lt=1)  # a rung must also beat the best by this fraction
     # Same-function rungs: largest relative error of either expert's output against the baseline's. FP8 lands
@@ -89,6 +107,8 @@ class Playbook(Strict):
     ladder: list[Rung] = Field(min_length=1)
     measurement: Measurement = Measurement()
     timeouts: Timeouts = Timeouts()
+    busy_gpu: BusyGpu = BusyGpu()
+    limits: Limits = Limits()
     decision: Decision = Decision()
     remediation: list[Remedy] = []
 
@@ -104,8 +124,24 @@ class Playbook(Strict):
             _check_knobs(knobs, f"ladder.{i}.set")
         for i, remedy in enumerate(self.remediation):
             for j, change in enumerate(remedy.changes):
-                _check_knobs(self.baseline.model_dump() | change, f"remediation.{i}.changes.{j}", change)
+                where = f"remediation.{i}.changes.{j}"
+                knobs = {k: v for k, v in change.items() if k != "workload"}
+                _check_knobs(self.baseline.model_dump() | knobs, where, knobs)
+                if "workload" in change:
+                    _check_workload(self.workload, change["workload"], f"{where}.workload")
         return self
+
+
+SMALLER_WORKLOAD_KEYS = ("height", "width", "frames")
+
+
+def _check_workload(workload: Workload, change: Any, where: str) -> None:
+    if not isinstance(change, dict) or not change or set(change) - set(SMALLER_WORKLOAD_KEYS):
+        raise ValueError(f"{where}: give some of {', '.join(SMALLER_WORKLOAD_KEYS)} (a smaller size to fall back to)")
+    try:
+        Workload.model_validate(workload.model_dump() | change)
+    except ValidationError as err:
+        raise ValueError(f"{where}: {_format_errors(err, Workload)}") from None
 
 
 def _check_knobs(knobs: dict, where: str, change: dict | None = None) -> None:

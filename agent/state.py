@@ -35,6 +35,11 @@ class AgentState(TypedDict, total=False):
     """running | converged | failed."""
 
 
+class RunStopped(RuntimeError):
+    """The run stopped on something outside it (a full or read-only disk, a GPU another process holds); the
+    message says what to do, and `wan-agent resume` continues from where it stopped."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     runs_dir: Path

@@ -32,6 +32,7 @@ COLUMNS = [
     "cpu_pct",
     "worker_rss_GiB",
     "ram_used_GiB",
+    "gpu_other_processes",
 ]
 
 
@@ -80,6 +81,32 @@ class Nvml:
         row["throttle_reasons"] = self._read(n.nvmlDeviceGetCurrentClocksEventReasons)
         return {k: v for k, v in row.items() if v is not None}
 
+    def processes(self) -> list[dict] | None:
+        """Processes holding memory on this GPU ({"pid", "name", "used_GiB"}), or None when NVML cannot say."""
+        if self.handle is None:
+            return None
+        found: dict[int, dict] = {}
+        for getter in (self.nvml.nvmlDeviceGetComputeRunningProcesses, self.nvml.nvmlDeviceGetGraphicsRunningProcesses):
+            for proc in self._read(getter) or []:
+                try:
+                    name = psutil.Process(proc.pid).name()
+                except psutil.Error:  # another container's process, or gone
+                    name = "?"
+                used = proc.usedGpuMemory / 2**30 if isinstance(proc.usedGpuMemory, int) else None
+                found[proc.pid] = {"pid": proc.pid, "name": name, "used_GiB": used}
+        return list(found.values())
+
+
+def tree_pids(pid: int | None) -> set[int]:
+    """``pid`` and its descendants."""
+    if pid is None:
+        return set()
+    try:
+        root = psutil.Process(pid)
+        return {pid, *(child.pid for child in root.children(recursive=True))}
+    except psutil.Error:
+        return set()
+
 
 def _tree_rss_GiB(pid: int | None) -> float | None:
     if pid is None:
@@ -124,6 +151,9 @@ class Sampler:
                 "worker_rss_GiB": _tree_rss_GiB(self.worker_pid()),
                 "ram_used_GiB": psutil.virtual_memory().used / 2**30,
             }
+            others = self.nvml.processes()
+            if others is not None:  # a process on the GPU that is not the worker's makes the figures shared
+                row["gpu_other_processes"] = len({p["pid"] for p in others} - tree_pids(self.worker_pid()))
             self.rows.append(row)
             written = self._append_csv(written)
 
@@ -160,6 +190,7 @@ class Sampler:
             ("temperature_C", max, "peak_temperature_C"),
             ("cpu_pct", statistics.fmean, "mean_cpu_pct"),
             ("worker_rss_GiB", max, "peak_worker_rss_GiB"),
+            ("gpu_other_processes", max, "max_gpu_other_processes"),
         ):
             found = values(key)
             if found:

@@ -47,6 +47,12 @@ def forget(trial_dir: Path) -> None:
         (trial_dir / name).unlink(missing_ok=True)
 
 
+def will_start(run_id: str, trial_dir: Path) -> bool:
+    """Whether ``execute`` would start a worker (the trial neither finished nor still running)."""
+    finished = tmux.read_exit_code(trial_dir / "exit_code") is not None
+    return not finished and not tmux.is_running(tmux.session_name(run_id, trial_dir.name))
+
+
 def _start(session: str, trial_dir: Path) -> None:
     forget(trial_dir)  # left by an attempt whose session was lost
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)

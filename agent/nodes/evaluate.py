@@ -8,6 +8,7 @@ from langgraph.runtime import Runtime
 
 from agent.decision import confirm, judge
 from agent.nodes import journal
+from agent.nodes.plan import size
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -49,13 +50,16 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         verdict, reason = confirm(outcome, best)
     else:
         verdict, reason = judge(outcome, best, rules["min_gain"], rules["max_relative_error"] if same_function else None)
-    keys = ("index", "name", "rung", "hypothesis", "gate", "set", "remediation", "knobs", "dir")
+    verdict, reason = _workload_check(verdict, reason, candidate, best, state["playbook"]["workload"])
+    keys = ("index", "name", "rung", "hypothesis", "gate", "set", "remediation", "knobs", "workload", "dir")
     record: dict = {k: candidate.get(k) for k in keys}
     record |= {"verdict": verdict, "reason": reason, "session": outcome["session"], **_figures(outcome)}
     if "log_tail" in outcome:
         record["log_tail"] = outcome["log_tail"]
     if outcome.get("reruns"):
         record["reruns"] = outcome["reruns"]
+    if candidate.get("gpu_check"):
+        record["gpu_check"] = candidate["gpu_check"]
     baseline = next((t for t in state.get("trials", []) if t["verdict"] == "baseline"), record)
     if "generate_s" in record and "generate_s" in baseline:
         record["speedup_vs_baseline"] = baseline["generate_s"] / record["generate_s"]
@@ -71,3 +75,16 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         if verdict == "confirmed":
             update["best"]["confirmation"]["clip_s"] = record["generate_s"]
     return update
+
+
+def _workload_check(verdict: str, reason: str, candidate: dict, best: dict | None, playbook_workload: dict) -> tuple:
+    """A trial at a smaller workload than the best's is not a speed-up; a baseline at one says so loudly."""
+    workload = candidate.get("workload") or playbook_workload
+    if best is not None and verdict in ("kept", "reverted") and workload != (best.get("workload") or playbook_workload):
+        return "changed_workload", (
+            f"ran at {size(workload)} instead of {size(best.get('workload') or playbook_workload)}: a changed workload, "
+            "not a speed-up, so not compared with the best"
+        )
+    if verdict == "baseline" and workload != playbook_workload:
+        return verdict, f"{reason}; CHANGED WORKLOAD: {size(workload)} instead of the playbook's {size(playbook_workload)}"
+    return verdict, reason

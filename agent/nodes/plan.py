@@ -60,6 +60,21 @@ def needs_confirmation(state: AgentState) -> bool:
     return probe and best is not None and not any(t["rung"] == "confirm" for t in done)
 
 
+def _knob_changes(rung: dict) -> dict:
+    return {k: v for k, v in rung["set"].items() if k != "workload"}
+
+
+def size(workload: dict) -> str:
+    return f"{workload['width']}×{workload['height']}, {workload['frames']} frames"
+
+
+def _changed(playbook_workload: Workload, workload: Workload) -> dict | None:
+    """From what to what the work changed, when a remediation fell back to a smaller workload."""
+    if workload == playbook_workload:
+        return None
+    return {"from": size(playbook_workload.model_dump()), "to": size(workload.model_dump())}
+
+
 def trial_bytes(work: Workload) -> int:
     """The most one trial writes: the clip as frames.npy and as video (no larger), logs, telemetry and JSON."""
     return 2 * work.frames * work.height * work.width * 3 + 8 * 2**20
@@ -70,8 +85,8 @@ def best_dir(done: list[dict]) -> str:
     return next(t["dir"] for t in done if t["verdict"] == "baseline")
 
 
-def _skip_reason(knobs: Knobs, best_knobs: dict, state: AgentState) -> str | None:
-    if knobs.model_dump() == best_knobs:
+def _skip_reason(knobs: Knobs, best_knobs: dict, state: AgentState, new_workload: bool) -> str | None:
+    if knobs.model_dump() == best_knobs and not new_workload:
         return "changes nothing on top of the current best"
     if knobs.lightning and not state["model"].get("lightning"):
         return f"needs the Lightning LoRA, and source {state['model']['spec']} has none"
@@ -100,15 +115,19 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 rung, knobs = CONFIRM, Knobs.model_validate(best_knobs)
                 break
             rung = pending.pop(0)
-            knobs = Knobs.model_validate(best_knobs | rung["set"])
-            reason = _skip_reason(knobs, best_knobs, state)
+            knobs = Knobs.model_validate(best_knobs | _knob_changes(rung))
+            reason = _skip_reason(knobs, best_knobs, state, "workload" in rung["set"])
             if reason is None:
                 break
             logger.info("rung %s skipped: %s", rung["name"], reason)
             log.record("rung_skipped", key=f"skipped:{rung['name']}", rung=rung["name"], reason=reason)
     index = len(done)
     name = f"{index:02d}-{rung['name']}"
-    check_room(run_dir(state, runtime), trial_bytes(book.workload))
+    # The best's workload (a remediated baseline may have fallen back to a smaller one), then the rung's own fallback.
+    workload = Workload.model_validate(
+        ((best or {}).get("workload") or book.workload.model_dump()) | rung["set"].get("workload", {})
+    )
+    check_room(run_dir(state, runtime), trial_bytes(workload))
     measurement, measurement_why = measurement_for(book, done, rung)  # stop cleanly here rather than mid-trial
     trial_dir = run_dir(state, runtime) / "trials" / name
     model = state["model"]
@@ -116,13 +135,15 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         name=name,
         model_path=model["path"],
         device=book.device,
-        workload=book.workload,
+        workload=workload,
         knobs=knobs,
         model_seed=book.model.seed,
         lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
         measurement=measurement,
         output_dir=str(trial_dir),
         reference_dir=best_dir(done) if best and rung.get("gate") == "fidelity" else None,
+        gpu_memory_fraction=book.limits.gpu_memory_fraction,
+        host_memory_GiB=book.limits.host_memory_GiB,
     )
     trials.prepare(trial_dir, config)
     change = {k: [best_knobs.get(k), v] for k, v in knobs.model_dump().items() if best_knobs.get(k) != v} if done else {}
@@ -138,6 +159,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         change=change,
         measurement=measurement.model_dump(),
         measurement_why=measurement_why,
+        **({"workload_changed": changed_workload} if (changed_workload := _changed(book.workload, workload)) else {}),
     )
     return {
         "pending": pending,
@@ -150,6 +172,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             "set": rung["set"],
             "remediation": rung.get("remediation"),
             "knobs": knobs.model_dump(),
+            "workload": workload.model_dump(),
             "dir": str(trial_dir),
         },
     }

@@ -19,13 +19,16 @@ def best_config(state: AgentState) -> dict:
     """What `wan-agent generate` needs to reproduce the winner, and what it was measured at."""
     best, book = state["best"], state["playbook"]
     assert best is not None
+    changed = best.get("workload", book["workload"]) != book["workload"]
     return {
         "run_id": state["run_id"],
         "playbook": book["name"],
         "hardware_fingerprint": state["hardware"]["fingerprint"],
         "device": book["device"],
         "model": state["model"],
-        "workload": book["workload"],
+        "workload": best.get("workload") or book["workload"],
+        # remediation's last resort ran the work smaller: what the playbook asked for
+        **({"workload_changed_from": book["workload"]} if changed else {}),
         "knobs": best["knobs"],
         "measured": {
             k: best.get(k)
@@ -33,7 +36,8 @@ def best_config(state: AgentState) -> dict:
             if best.get(k) is not None
         }
         | {"on": best.get("device")}
-        | ({"confirmation": best["confirmation"]} if "confirmation" in best else {}),
+        | ({"confirmation": best["confirmation"]} if "confirmation" in best else {})
+        | ({"shared_gpu": best["gpu_check"]} if (best.get("gpu_check") or {}).get("shared") else {}),
     }
 
 

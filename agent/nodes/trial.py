@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from langgraph.runtime import Runtime
 
-from agent import trials
+from agent import contention, trials
 from agent.decision import failure_reason
 from agent.files import STORAGE_MESSAGES, StorageError, check_room, storage_problem
 from agent.nodes import journal
@@ -21,6 +21,7 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     candidate, timeouts = state["candidate"], state["playbook"]["timeouts"]
     assert candidate is not None  # the router only comes here with a candidate
     trial_dir = Path(candidate["dir"])
+    gpu = _check_gpu(state, trial_dir) if trials.will_start(state["run_id"], trial_dir) else None
     try:
         outcome = trials.execute(
             state["run_id"],
@@ -42,7 +43,25 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         session=outcome["session"],
         reattached=outcome["reattached"],
     )
-    return {"candidate": candidate | {"outcome": outcome}}
+    during = (outcome.get("telemetry") or {}).get("max_gpu_other_processes")
+    if during:
+        gpu = (gpu or {}) | {"shared": True, "during": f"{during} other process(es) on the GPU during the trial"}
+    return {"candidate": candidate | {"outcome": outcome, "gpu_check": gpu}}
+
+
+def _check_gpu(state: AgentState, trial_dir: Path) -> dict | None:
+    """Before a trial on a GPU: wait for other processes to leave it; refuse or flag if they do not."""
+    if not state["hardware"].get("gpus") or state["playbook"]["device"] == "cpu":
+        return None
+    rule = state["playbook"]["busy_gpu"]
+    others, seen = contention.wait_for_gpu(0, rule["wait_s"])
+    if others and rule["then"] == "refuse":
+        raise contention.GpuBusy(
+            f"GPU 0 is {seen} (waited {rule['wait_s']:.0f} s before trial {trial_dir.name}); figures measured next to it "
+            "would not be this machine's. Free the GPU, or set `busy_gpu: {then: flag}` in the playbook to measure "
+            "anyway with the figures flagged"
+        )
+    return {"shared": bool(others), "before": seen}
 
 
 def _stop_if_the_disk_failed_it(trial_dir: Path, outcome: dict) -> None:

@@ -134,6 +134,8 @@ class TrialConfig(Strict):
     reference_dir: str | None = None
     # Cap on this process's share of accelerator memory (tests the automatic offload choice).
     gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    # Cap on the worker's address space (RLIMIT_AS): past it an allocation fails as out-of-memory.
+    host_memory_GiB: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="after")
     def _lightning_needs_lora(self) -> TrialConfig:

@@ -32,6 +32,11 @@ def _peak_memory(device) -> dict[str, float]:
     import torch
 
     peak = {"peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    status = Path("/proc/self/status")
+    if status.exists():  # the peak address space, which host_memory_GiB caps
+        vm_peak_kB = next((int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmPeak:")), None)
+        if vm_peak_kB is not None:
+            peak["peak_vm_GiB"] = vm_peak_kB / 2**20
     if device.type == "cuda":
         peak["peak_gpu_allocated_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
         peak["peak_gpu_reserved_GiB"] = torch.cuda.max_memory_reserved(device) / 2**30
@@ -173,6 +178,9 @@ def main(argv: list[str]) -> int:
         print(f"invalid trial file {trial_file}: {err}", file=sys.stderr)
         return 2
     result_path = Path(config.output_dir) / RESULT_FILE
+    if config.host_memory_GiB is not None:
+        cap = int(config.host_memory_GiB * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     try:
         result = run(config)
     except Exception as err:  # the trial failed: record why for the agent's remediation, then exit 1

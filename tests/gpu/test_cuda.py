@@ -2,17 +2,22 @@
 Skipped without CUDA; run on the device machine (see benchmarks/README.md)."""
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from agent import contention
 from agent.runtime import memory, worker
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
 from agent.sources import synthetic
 from agent.telemetry import Sampler
+from tests.conftest import small_playbook, wan_agent, write_playbook
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")
@@ -119,3 +124,23 @@ def test_nvml_measures_power_and_energy(tmp_path):
     assert summary["nvml"] == "ok"
     assert summary["mean_power_W"] > 0 and summary["energy_J"] > 0 and summary["peak_gpu_mem_used_GiB"] > 0
     assert np.isfinite(summary["mean_gpu_util_pct"])
+
+
+def test_a_busy_gpu_is_waited_for_then_refused_or_flagged(tmp_path):
+    hold = "import torch, time; x = torch.ones(2**28, device='cuda'); print('holding', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        others, seen = contention.wait_for_gpu(0, wait_s=1, poll_s=0.2)
+        assert holder.pid in {p["pid"] for p in others} and f"pid {holder.pid}" in seen
+        refuse = write_playbook(tmp_path / "refuse.yaml", small_playbook(device="cuda", busy_gpu={"wait_s": 1}))
+        refused = wan_agent("run", "--playbook", str(refuse), runs_dir=tmp_path / "runs")
+        assert refused.returncode == 1 and f"pid {holder.pid}" in refused.stderr and "then: flag" in refused.stderr
+        flag = write_playbook(tmp_path / "flag.yaml", small_playbook(device="cuda", busy_gpu={"wait_s": 1, "then": "flag"}))
+        done = wan_agent("run", "--playbook", str(flag), runs_dir=tmp_path / "runs")
+        assert done.returncode == 0, done.stderr
+        run_dir = tmp_path / "runs" / done.stdout.strip()
+        assert "**Shared GPU.**" in (run_dir / "journal.md").read_text()
+        assert yaml.safe_load((run_dir / "best.yaml").read_text())["measured"]["shared_gpu"]["shared"] is True
+    finally:
+        holder.kill()

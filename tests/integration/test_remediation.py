@@ -2,9 +2,16 @@
 rules are walked in order, each at most once; what no rule covers is recorded and skipped."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
+from agent import sources, trials
+from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
 from tests.conftest import small_playbook, wan_agent, write_playbook
 
 
@@ -64,3 +71,61 @@ def test_a_baseline_that_cannot_run_is_a_failed_run_with_its_reason(tmp_path):
     assert not (run_dir / "best.yaml").exists()
     journal = (run_dir / "journal.md").read_text()
     assert "flash" in journal and "no usable baseline" in journal
+
+
+def uncapped_vm_peak_GiB(tmp_path: Path, model_path: str, height: int, width: int) -> float:
+    """The worker's peak address space for one clip of the OOM test's baseline at this size, with no cap."""
+    out = tmp_path / f"vm-{height}x{width}"
+    config = TrialConfig(
+        name=out.name,
+        model_path=model_path,
+        output_dir=str(out),
+        workload=Workload(prompt="A cat walking on the grass", height=height, width=width, frames=17, seed=1),
+        knobs=Knobs(**OOM_BASELINE),
+        measurement=Measurement(warmup=0, repeats=1),
+    )
+    trials.prepare(out, config)
+    subprocess.run([sys.executable, "-m", "agent.runtime.worker", str(out / "trial.json")], check=True, capture_output=True)
+    return json.loads((out / "result.json").read_text())["memory"]["peak_vm_GiB"]
+
+
+OOM_BASELINE = {"precision": "bf16", "steps": 2, "guidance_scale": 1.0, "guidance_scale_2": 1.0}
+
+
+def test_out_of_memory_walks_the_memory_savers_then_falls_back_to_a_smaller_workload(tmp_path):
+    model = sources.resolve("synthetic:tiny", Path(os.environ["WAN_AGENT_CACHE"]))
+    big, small = (uncapped_vm_peak_GiB(tmp_path, model.path, h, w) for h, w in ((480, 832), (48, 64)))
+    assert big - small > 0.2, f"the test needs clearly different peaks: {big:.2f} vs {small:.2f} GiB"
+    cap = (big + small) / 2  # a real RLIMIT_AS: the 480×832 clip cannot allocate under it, 48×64 can
+    book = small_playbook(
+        workload={"height": 480, "width": 832, "frames": 17},
+        baseline=OOM_BASELINE,
+        measurement={"warmup": 0, "repeats": 2},
+        limits={"host_memory_GiB": cap},
+        ladder=[{"name": "fp8", "hypothesis": "FP8 weight storage.", "set": {"fp8": "layerwise"}}],
+        remediation=[
+            {
+                "name": "oom",
+                "match": ["can't allocate memory", "MemoryError", "Unable to allocate"],
+                # UMT5 on the CPU saves nothing on a CPU: the rule goes on to its last resort.
+                "changes": [{"text_encoder_on_cpu": True}, {"workload": {"height": 48, "width": 64}}],
+            }
+        ],
+    )
+    runs = tmp_path / "runs"
+    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "oom.yaml", book)), runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    run_dir = runs / done.stdout.strip()
+    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
+    assert list(decisions) == ["00-baseline", "01-baseline-oom-1", "02-baseline-oom-2", "03-fp8"]
+    for name in ("00-baseline", "01-baseline-oom-1"):
+        assert decisions[name]["verdict"] == "failed"
+        assert re.search("can't allocate memory|MemoryError|Unable to allocate", decisions[name]["reason"])
+    fallback = decisions["02-baseline-oom-2"]
+    assert fallback["verdict"] == "baseline" and "CHANGED WORKLOAD: 64×48, 17 frames" in fallback["reason"]
+    assert decisions["03-fp8"]["workload"]["height"] == 48  # later rungs run at the baseline's workload
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert (best["workload"]["height"], best["workload"]["width"]) == (48, 64)
+    assert best["workload_changed_from"]["height"] == 480
+    assert "**Changed workload**: 64×48, 17 frames instead of 832×480, 17 frames" in (run_dir / "journal.md").read_text()

@@ -39,6 +39,8 @@ def test_shipped_playbook_is_valid():
         (["ladder"], [{"name": "x", "hypothesis": "h", "set": {"fp8": "nvfp4"}}], "ladder.0.set: fp8: Input should be 'none'"),
         (["model", "source"], "ftp:foo", "model.source: 'ftp:foo' is not a known source; use one of synthetic:..., local:..."),
         (["baseline", "precision"], "int4", "baseline.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'int4')"),
+        (["busy_gpu"], {"then": "share"}, "busy_gpu.then: Input should be 'refuse' or 'flag' (got 'share')"),
+        (["measurement"], {"fewest": 5, "most": 3}, "measurement: fewest (5) must not exceed most (3)"),
     ],
 )
 def test_malformed_playbook_message_names_field_and_what_is_allowed(path, value, message):
