@@ -16,6 +16,7 @@ an fp16 rung a different model from the bf16 baseline it is compared against.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -219,21 +220,29 @@ def write(name: str, seed: int, target: Path) -> None:
 
 
 def materialize(name: str, seed: int, cache_dir: Path) -> Path:
-    """Return the on-disk model for ``name``/``seed``, building it once; a half-written one is never used."""
+    """Return the on-disk model for ``name``/``seed``, building it once; a half-written one is never used.
+
+    Builders take a lock, so one builds while others wait for it; a builder killed mid-write leaves only
+    its staging folder, which the next one removes.
+    """
     target = cache_dir / f"synthetic-{name}-v{FORMAT}-seed{seed}"
     if (target / "model_index.json").exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
-    try:
-        logger.info("building synthetic:%s (seed %d) in %s", name, seed, target)
-        write(name, seed, staging / "model")
-        (staging / "model" / "synthetic.json").write_text(json.dumps({"preset": name, "seed": seed}))
-        # The rename makes the whole folder appear at once: a crash mid-write leaves only staging.
-        (staging / "model").rename(target)
-    except OSError:
-        if not (target / "model_index.json").exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with open(cache_dir / f".{target.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "model_index.json").exists():  # built by whoever held the lock before us
+            return target
+        for stale in (d for d in cache_dir.glob(f".{target.name}.*") if d.is_dir()):
+            logger.info("removing %s, left by a build that was killed", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
+        try:
+            logger.info("building synthetic:%s (seed %d) in %s", name, seed, target)
+            write(name, seed, staging / "model")
+            (staging / "model" / "synthetic.json").write_text(json.dumps({"preset": name, "seed": seed}))
+            # The rename makes the whole folder appear at once: a crash mid-write leaves only staging.
+            (staging / "model").rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target

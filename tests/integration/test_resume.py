@@ -142,3 +142,29 @@ def test_a_worker_killed_twice_fails_its_trial_and_the_run_goes_on(tmp_path):
     assert not [e for e in events if e["kind"] == "remediation"]  # no rule for it: recorded, not retried
     best = yaml.safe_load((runs / run_id / "best.yaml").read_text())
     assert best["knobs"]["fp8"] == "none" and best["measured"]["name"] == "02-lightning"
+
+
+def test_sigkill_while_the_model_is_being_built_then_resume(tmp_path):
+    cache = tmp_path / "cache"  # empty: fetch builds the tiny model
+    env = os.environ | {"WAN_AGENT_CACHE": str(cache)}
+    book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
+    runs = tmp_path / "runs"
+    agent = subprocess.Popen(
+        [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    run_id = agent.stdout.readline().strip()
+    wait_for(lambda: any(p.is_dir() for p in cache.glob(".synthetic-tiny-*")), 120, "the build to start")
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+    assert not list(cache.glob("synthetic-tiny-*")), "no half-built model where a finished one goes"
+    done = wan_agent("resume", run_id, runs_dir=runs, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == ["synthetic-tiny-v2-seed0"]  # the killed build's staging is gone
+    events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in events if e["kind"] == "fetch"] == ["fetch"]
+    assert [e["name"] for e in events if e["kind"] == "decision"] == ["00-baseline", "01-fp8", "02-lightning"]
