@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import yaml
 
 from agent import sources, trials
@@ -129,3 +130,27 @@ def test_out_of_memory_walks_the_memory_savers_then_falls_back_to_a_smaller_work
     assert (best["workload"]["height"], best["workload"]["width"]) == (48, 64)
     assert best["workload_changed_from"]["height"] == 480
     assert "**Changed workload**: 64×48, 17 frames instead of 832×480, 17 frames" in (run_dir / "journal.md").read_text()
+
+
+def test_a_trial_past_its_deadline_is_killed_recorded_and_the_run_goes_on(tmp_path):
+    book = small_playbook(
+        timeouts={"deadline_s": 45, "idle_timeout_s": 30},
+        ladder=[
+            # 1000 CFG steps cannot finish in 45 s on this machine: a hang, as far as the agent can tell.
+            {"name": "slow", "hypothesis": "Far more steps.", "set": {"steps": 1000}},
+            {"name": "lightning", "hypothesis": "4 steps.", "set": {"lightning": True, "steps": 4}, "gate": "reference_free"},
+        ],
+    )
+    runs = tmp_path / "runs"
+    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "slow.yaml", book)), runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    run_dir = runs / done.stdout.strip()
+    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
+    assert list(decisions) == ["00-baseline", "01-slow", "02-lightning"]
+    slow = decisions["01-slow"]
+    assert slow["verdict"] == "failed" and "timed out after" in slow["reason"] and "reruns" not in slow
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "01-slow" in " ".join(p.info["cmdline"] or [])]
+    assert "Last lines of its log" in (run_dir / "journal.md").read_text()
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["measured"]["name"] == "02-lightning" and best["knobs"]["steps"] == 4
