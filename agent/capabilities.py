@@ -9,6 +9,7 @@ from __future__ import annotations
 from agent.runtime.config import Knobs
 
 FP8_COMPUTE_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: FP8 tensor cores
+FP4_COMPUTE_MIN_CAPABILITY = (10, 0)  # Blackwell: FP4 tensor cores
 
 
 def _capability(gpu: dict) -> tuple[int, int]:
@@ -21,9 +22,11 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     gpus = hardware.get("gpus", []) if device != "cpu" else []
     if device == "cuda" and not gpus:
         return "the playbook asks for a CUDA GPU and this machine has none"
+    found = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in gpus) or "no GPU"
     if knobs.fp8.startswith("torchao") and not any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus):
-        found = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in gpus) or "no GPU"
         return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
+    if knobs.fp4 != "none" and not any(_capability(g) >= FP4_COMPUTE_MIN_CAPABILITY for g in gpus):
+        return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
     if knobs.offload in ("model", "group", "sequential") and not gpus:
         return f"offload={knobs.offload} moves weights to a GPU, and there is none"
     return None

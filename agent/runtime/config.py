@@ -15,6 +15,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # none: weights stay in `precision`. layerwise: float8_e4m3fn storage, upcast per layer (memory only).
 # torchao_row / torchao_tensor: FP8 compute (dynamic activation + weight), CUDA with compute capability >= 8.9.
 Fp8Mode = Literal["none", "layerwise", "torchao_row", "torchao_tensor"]
+# nvfp4: FP4 compute (torchao NVFP4, dynamic activations, 16-element blocks), Blackwell (compute capability >= 10.0).
+Fp4Mode = Literal["none", "nvfp4"]
 # regional: compile_repeated_blocks (one transformer block, compiled once, reused 40 times); full: the whole model.
 CompileMode = Literal["none", "regional", "full"]
 # Where weights live between uses. auto: none if everything fits in free accelerator memory, else the
@@ -64,6 +66,7 @@ class Knobs(Strict):
 
     precision: Precision = "bf16"
     fp8: Fp8Mode = "none"
+    fp4: Fp4Mode = "none"
     lightning: bool = False  # load the Lightning 4-step LoRA into both experts and fuse it
     steps: int = Field(default=40, ge=1, le=1000)
     guidance_scale: float = Field(default=4.0, ge=0.0, le=50.0)  # high-noise expert; > 1 runs CFG
@@ -76,11 +79,19 @@ class Knobs(Strict):
     vae_decode: VaeDecode = "eager"
     text_encoder_on_cpu: bool = False
 
+    @model_validator(mode="after")
+    def _one_low_precision_path(self) -> Knobs:
+        if self.fp4 != "none" and self.fp8 != "none":
+            raise ValueError(f"fp4={self.fp4} and fp8={self.fp8} both set; a layer is quantized one way: keep one")
+        return self
+
     def describe(self) -> str:
         """A short human label: 'bf16, fp8=layerwise, lightning, 4 steps, cfg 1/1, shift 5, compile=regional'."""
         parts: list[str] = [self.precision]
         if self.fp8 != "none":
             parts.append(f"fp8={self.fp8}")
+        if self.fp4 != "none":
+            parts.append(f"fp4={self.fp4}")
         if self.lightning:
             parts.append("lightning")
         parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from agent.capabilities import FP8_COMPUTE_MIN_CAPABILITY
+from agent.capabilities import FP4_COMPUTE_MIN_CAPABILITY, FP8_COMPUTE_MIN_CAPABILITY
 from agent.runtime import attention, memory
 from agent.runtime.config import Knobs, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
@@ -65,6 +65,17 @@ def _apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
     granularity = PerRow() if knobs.fp8 == "torchao_row" else PerTensor()
     for expert in experts(pipe):
         quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=granularity), filter_fn=fp8_compute_filter)
+
+
+def _apply_fp4(pipe, device: torch.device) -> None:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP4_COMPUTE_MIN_CAPABILITY:
+        raise UnsupportedOnHardware(f"fp4=nvfp4 needs CUDA compute capability >= 10.0; this device is {device}")
+    from torchao.prototype.mx_formats.inference_workflow import NVFP4DynamicActivationNVFP4WeightConfig
+    from torchao.quantization import quantize_
+
+    config = NVFP4DynamicActivationNVFP4WeightConfig(use_triton_kernel=False)  # the Triton path needs MSLK
+    for expert in experts(pipe):
+        quantize_(expert, config, filter_fn=fp8_compute_filter)
 
 
 def fp8_compute_filter(module: torch.nn.Module, fqn: str) -> bool:
@@ -160,6 +171,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         memory.place(pipe, offload, device, knobs.text_encoder_on_cpu)
     if knobs.fp8 != "none":
         _apply_fp8(pipe, knobs, device)
+    if knobs.fp4 != "none":
+        _apply_fp4(pipe, device)
     if offload != "none":
         memory.place(pipe, offload, device, knobs.text_encoder_on_cpu)
     if knobs.vae_tiling:

@@ -40,3 +40,9 @@ def test_knobs_describe_reads_like_a_configuration():
 def test_lightning_without_lora_files_is_refused():
     with pytest.raises(ValidationError, match="no lora files"):
         TrialConfig(name="t", model_path="/m", workload=Workload(**WORK), knobs=Knobs(lightning=True), output_dir="/o")
+
+
+def test_fp4_and_fp8_together_are_refused():
+    with pytest.raises(ValidationError, match="fp4=nvfp4 and fp8=torchao_row both set"):
+        Knobs(fp4="nvfp4", fp8="torchao_row")
+    assert Knobs(fp4="nvfp4").describe().startswith("bf16, fp4=nvfp4")
