@@ -74,6 +74,15 @@ def test_a_baseline_that_cannot_run_is_a_failed_run_with_its_reason(tmp_path):
     assert "flash" in journal and "no usable baseline" in journal
 
 
+def converged_run(tmp_path: Path, book: dict) -> tuple[Path, list[dict]]:
+    """Run ``book`` to the end; its run directory and journal events."""
+    runs = tmp_path / "runs"
+    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "book.yaml", book)), runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    run_dir = runs / done.stdout.strip()
+    return run_dir, [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+
+
 def uncapped_vm_peak_GiB(tmp_path: Path, model_path: str, height: int, width: int) -> float:
     """The worker's peak address space for one clip of the OOM test's baseline at this size, with no cap."""
     out = tmp_path / f"vm-{height}x{width}"
@@ -113,11 +122,7 @@ def test_out_of_memory_walks_the_memory_savers_then_falls_back_to_a_smaller_work
             }
         ],
     )
-    runs = tmp_path / "runs"
-    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "oom.yaml", book)), runs_dir=runs)
-    assert done.returncode == 0, done.stderr
-    run_dir = runs / done.stdout.strip()
-    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    run_dir, events = converged_run(tmp_path, book)
     decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
     assert list(decisions) == ["00-baseline", "01-baseline-oom-1", "02-baseline-oom-2", "03-fp8"]
     for name in ("00-baseline", "01-baseline-oom-1"):
@@ -141,11 +146,7 @@ def test_a_trial_past_its_deadline_is_killed_recorded_and_the_run_goes_on(tmp_pa
             {"name": "lightning", "hypothesis": "4 steps.", "set": {"lightning": True, "steps": 4}, "gate": "reference_free"},
         ],
     )
-    runs = tmp_path / "runs"
-    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "slow.yaml", book)), runs_dir=runs)
-    assert done.returncode == 0, done.stderr
-    run_dir = runs / done.stdout.strip()
-    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    run_dir, events = converged_run(tmp_path, book)
     decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
     assert list(decisions) == ["00-baseline", "01-slow", "02-lightning"]
     slow = decisions["01-slow"]
