@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent import hardware, playbook, runs
-from agent.files import StorageError, storage_problem
+from agent.files import storage_problem
 from agent.sources import SourceError
 from agent.state import RunStopped
 
@@ -59,22 +59,16 @@ def cmd_resume(args) -> int:
 def _drive(run_id: str, runs_dir: Path) -> dict:
     try:
         return runs.drive(run_id, runs_dir)
-    except RunStopped as err:
-        if isinstance(err, StorageError):
-            raise RunStopped(_storage_stop(run_id, runs_dir, str(err))) from err
-        raise RunStopped(f"run {run_id} stopped: {err}. Then `wan-agent resume {run_id}`") from err
     except Exception as err:
         problem = storage_problem(err)
-        if problem is None:
-            raise
-        raise RunStopped(_storage_stop(run_id, runs_dir, problem)) from err
-
-
-def _storage_stop(run_id: str, runs_dir: Path, problem: str) -> str:
-    return (
-        f"run {run_id} stopped: the runs directory takes no more writes ({problem}). Everything recorded "
-        f"before is kept; free space or make {runs_dir} writable, then `wan-agent resume {run_id}`"
-    )
+        if problem is not None:
+            raise RunStopped(
+                f"run {run_id} stopped: the runs directory takes no more writes ({problem}). Everything recorded "
+                f"before is kept; free space or make {runs_dir} writable, then `wan-agent resume {run_id}`"
+            ) from err
+        if isinstance(err, RunStopped):
+            raise RunStopped(f"run {run_id} stopped: {err}. Then `wan-agent resume {run_id}`") from err
+        raise
 
 
 def _finish(state: dict, run_dir: Path) -> int:
@@ -152,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wan-agent: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        if storage_problem(err) is None:
+        problem = storage_problem(err)
+        if problem is None:
             raise
-        print(f"wan-agent: cannot write to {_runs_dir(args)}: {storage_problem(err)}", file=sys.stderr)
+        print(f"wan-agent: cannot write to {_runs_dir(args)}: {problem}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("wan-agent: interrupted; `wan-agent resume RUN_ID` continues the run", file=sys.stderr)

@@ -97,24 +97,21 @@ class Nvml:
         return list(found.values())
 
 
-def tree_pids(pid: int | None) -> set[int]:
-    """``pid`` and its descendants."""
+def _tree(pid: int | None) -> list[psutil.Process]:
+    """The process ``pid`` and its descendants (empty when there is none)."""
     if pid is None:
-        return set()
+        return []
     try:
         root = psutil.Process(pid)
-        return {pid, *(child.pid for child in root.children(recursive=True))}
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return set()
+        return []
 
 
-def _tree_rss_GiB(pid: int | None) -> float | None:
-    if pid is None:
-        return None
+def _rss_GiB(tree: list[psutil.Process]) -> float | None:
     try:
-        root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**30
-    except psutil.Error:
+        return sum(p.memory_info().rss for p in tree) / 2**30 if tree else None
+    except psutil.Error:  # a process of the tree ended meanwhile
         return None
 
 
@@ -144,16 +141,17 @@ class Sampler:
     def _loop(self) -> None:
         t0, written = time.monotonic(), 0
         while not self._stop.wait(self.interval_s):
+            worker = _tree(self.worker_pid())  # once per sample: finding the pane's pid asks tmux
             row = {
                 "t_s": round(time.monotonic() - t0, 3),
                 **self.nvml.sample(),
                 "cpu_pct": psutil.cpu_percent(),
-                "worker_rss_GiB": _tree_rss_GiB(self.worker_pid()),
+                "worker_rss_GiB": _rss_GiB(worker),
                 "ram_used_GiB": psutil.virtual_memory().used / 2**30,
             }
             others = self.nvml.processes()
             if others is not None:  # a process on the GPU that is not the worker's makes the figures shared
-                row["gpu_other_processes"] = len({p["pid"] for p in others} - tree_pids(self.worker_pid()))
+                row["gpu_other_processes"] = len({p["pid"] for p in others} - {p.pid for p in worker})
             self.rows.append(row)
             written = self._append_csv(written)
 

@@ -114,9 +114,8 @@ def _expert(args, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
 
     torch.manual_seed(0)
     with torch.device(device()), synthetic._default_dtype(torch.bfloat16):  # the same weights for every dtype
-        model = WanTransformer3DModel(**synthetic.preset(args.model).transformer).eval().to(dtype)
-    synthetic._keep_fp32_modules(model)
-    return model
+        model = WanTransformer3DModel(**synthetic.preset(args.model).transformer).eval()
+    return synthetic._placed(model, device(), dtype, keep_fp32=dtype != torch.float32)
 
 
 def section_forward(args) -> dict:

@@ -80,9 +80,10 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
 def _workload_check(verdict: str, reason: str, candidate: dict, best: dict | None, playbook_workload: dict) -> tuple:
     """A trial at a smaller workload than the best's is not a speed-up; a baseline at one says so loudly."""
     workload = candidate.get("workload") or playbook_workload
-    if best is not None and verdict in ("kept", "reverted") and workload != (best.get("workload") or playbook_workload):
+    best_workload = (best or {}).get("workload") or playbook_workload
+    if best is not None and verdict in ("kept", "reverted") and workload != best_workload:
         return "changed_workload", (
-            f"ran at {size(workload)} instead of {size(best.get('workload') or playbook_workload)}: a changed workload, "
+            f"ran at {size(workload)} instead of {size(best_workload)}: a changed workload, "
             "not a speed-up, so not compared with the best"
         )
     if verdict == "baseline" and workload != playbook_workload:

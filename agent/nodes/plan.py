@@ -127,8 +127,8 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     workload = Workload.model_validate(
         ((best or {}).get("workload") or book.workload.model_dump()) | rung["set"].get("workload", {})
     )
-    check_room(run_dir(state, runtime), trial_bytes(workload))
-    measurement, measurement_why = measurement_for(book, done, rung)  # stop cleanly here rather than mid-trial
+    check_room(run_dir(state, runtime), trial_bytes(workload))  # stop cleanly here rather than mid-trial
+    measurement, measurement_why = measurement_for(book, done, rung)
     trial_dir = run_dir(state, runtime) / "trials" / name
     model = state["model"]
     config = TrialConfig(

@@ -32,9 +32,10 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             runtime.context.telemetry_interval_s,
         )
     except OSError as err:
-        if storage_problem(err) is None:
+        problem = storage_problem(err)
+        if problem is None:
             raise
-        _stop(trial_dir, storage_problem(err))
+        _stop(trial_dir, problem)
     _stop_if_the_disk_failed_it(trial_dir, outcome)
     journal(state, runtime).record(
         "trial_finished",
@@ -80,7 +81,7 @@ def _stop_if_the_disk_failed_it(trial_dir: Path, outcome: dict) -> None:
         _stop(trial_dir, said)
 
 
-def _stop(trial_dir: Path, why: str | None) -> NoReturn:
+def _stop(trial_dir: Path, why: str) -> NoReturn:
     logger.error("trial %s failed on a disk that takes no more writes: %s", trial_dir.name, why)
     try:
         trials.forget(trial_dir)  # so that resume runs the trial again rather than reading this attempt back
