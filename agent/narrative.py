@@ -16,11 +16,18 @@ def _fmt_s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
 
-def _energy(figures: dict) -> str:
-    if "energy_J" in figures:
-        return f"{figures['energy_J']:.1f} J"
-    nvml = (figures.get("telemetry") or {}).get("nvml", "not measured")
-    return "not measured" if nvml == "ok" else "not measured (no NVML)"
+def _energy(figures: dict, short: bool = False) -> str:
+    if "energy_per_clip_J" in figures:
+        return f"{figures['energy_per_clip_J']:.0f} J" + ("" if short else " per clip")
+    if "trial_energy_J" in figures:  # probe mode times no clip: the trial's whole energy, load and compile included
+        energy = figures["trial_energy_J"]
+        return f"{energy:.0f} J/trial" if short else f"{energy:.0f} J for the whole trial (load and compile included)"
+    telemetry = figures.get("telemetry") or {}
+    if short:
+        return "n/a"
+    if {"partial", "note"} & telemetry.keys():
+        return "not measured (the agent restarted during this trial and did not watch all of it)"
+    return "not measured" if telemetry.get("nvml", "not measured") == "ok" else "not measured (no NVML)"
 
 
 def _memory(figures: dict) -> str:
@@ -49,7 +56,7 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
             f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step), VAE decode "
             f"{_fmt_s(decision['vae_decode_s'])}; load {_fmt_s(decision['stages'].get('load_s'))}; peak memory "
-            f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}.",
+            f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}{_offload(decision)}.",
             "",
             f"**Quality.** {_quality(decision)}",
             "",
@@ -71,6 +78,14 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
     return lines
 
 
+def _offload(decision: dict) -> str:
+    """What ``offload: auto`` chose, and against what memory."""
+    setup = decision.get("setup") or {}
+    if decision["knobs"].get("offload") != "auto" or "offload" not in setup:
+        return ""
+    return f". Offload auto chose `{setup['offload']}`: {setup['offload_reason']}"
+
+
 def _quality(decision: dict) -> str:
     q, fid = decision["quality"], decision.get("fidelity") or {}
     text = "passed" if q["passed"] else "FAILED: " + "; ".join(q["reasons"])
@@ -78,7 +93,7 @@ def _quality(decision: dict) -> str:
         text += f" (pixel std {q['std']:.3f}, mean change between frames {q['temporal_diff'] or 0:.4f})"
     if fid.get("relative_error"):
         errors = ", ".join(f"{name} {error:.1e}" for name, error in fid["relative_error"].items())
-        text += f". Against the baseline: transformer output relative error {errors}"
+        text += f". Against {fid.get('reference', 'the baseline')}: transformer output relative error {errors}"
         if fid.get("comparable"):
             text += f"; frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}"
     return text + "."
@@ -98,7 +113,7 @@ def _table(decisions: list[dict]) -> list[str]:
         shared = " (shared GPU)" if (d.get("gpu_check") or {}).get("shared") else ""
         lines.append(
             f"| {d['name']}: {d.get('label', '')} | {d['knobs']['steps']} | {d.get('frames', '')} | "
-            f"{_fmt_s(d.get('generate_s'))}{shared} | {speedup} | {_memory(d)} | {_energy(d)} | {kept} |"
+            f"{_fmt_s(d.get('generate_s'))}{shared} | {speedup} | {_memory(d)} | {_energy(d, short=True)} | {kept} |"
         )
     return lines
 

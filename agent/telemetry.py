@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import statistics
 import threading
 import time
@@ -113,6 +114,42 @@ def _rss_GiB(tree: list[psutil.Process]) -> float | None:
         return sum(p.memory_info().rss for p in tree) / 2**30 if tree else None
     except psutil.Error:  # a process of the tree ended meanwhile
         return None
+
+
+class SharingWatch:
+    """Run inside the worker: which other processes held its GPU while it ran. The agent's sampler sees only
+    the part of a trial it watched (not what happened while the agent was down); this record covers it all."""
+
+    def __init__(self, gpu_index: int = 0, interval_s: float = 1.0):
+        self.nvml, self.interval_s = Nvml(gpu_index), interval_s
+        self.others: dict[int, dict] = {}
+        self.samples = self.shared_samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="gpu-sharing", daemon=True)
+
+    def start(self) -> SharingWatch:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while True:
+            found = self.nvml.processes()
+            if found is not None:
+                mine = {p.pid for p in _tree(os.getpid())}
+                others = [p for p in found if p["pid"] not in mine]
+                self.samples += 1
+                self.shared_samples += bool(others)
+                self.others |= {p["pid"]: p for p in others}
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        if self.nvml.error:
+            return {"checked": False, "why": f"NVML unavailable: {self.nvml.error}"}
+        others = list(self.others.values())
+        return {"checked": True, "samples": self.samples, "shared_samples": self.shared_samples, "others": others}
 
 
 class Sampler:

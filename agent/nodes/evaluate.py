@@ -33,9 +33,12 @@ def _figures(outcome: dict) -> dict:
         }
         figures["peak_memory_GiB"] = memory.get("peak_gpu_allocated_GiB", memory["peak_rss_GiB"])
         figures["peak_memory_kind"] = "GPU allocated" if "peak_gpu_allocated_GiB" in memory else "process RSS"
+        figures["setup"] = result.get("setup") or {}
+        if "energy_per_clip_J" in summary:  # full mode: the worker's NVML counter over the timed clips
+            figures["energy_per_clip_J"] = summary["energy_per_clip_J"]
     figures["telemetry"] = tele
-    if "energy_J" in tele:
-        figures["energy_J"] = tele["energy_J"]
+    if "energy_J" in tele and not ({"partial", "note"} & tele.keys()):  # the agent watched the whole trial
+        figures["trial_energy_J"] = tele["energy_J"]
     return figures
 
 

@@ -80,9 +80,11 @@ def trial_bytes(work: Workload) -> int:
     return 2 * work.frames * work.height * work.width * 3 + 8 * 2**20
 
 
-def best_dir(done: list[dict]) -> str:
-    """The baseline's trial directory: the first trial that was measured as the baseline."""
-    return next(t["dir"] for t in done if t["verdict"] == "baseline")
+def reference_dir(done: list[dict]) -> str:
+    """Where the function the best computes was last set: the newest kept trial of a rung that changes the
+    function (the baseline, or a distilled rung such as Lightning). Same-function rungs are checked against it:
+    after Lightning, the baseline's transformer computes a different function."""
+    return next(t["dir"] for t in reversed(done) if t["verdict"] in ("baseline", "kept") and t["gate"] == "reference_free")
 
 
 def _skip_reason(knobs: Knobs, best_knobs: dict, state: AgentState, new_workload: bool) -> str | None:
@@ -141,7 +143,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
         measurement=measurement,
         output_dir=str(trial_dir),
-        reference_dir=best_dir(done) if best and rung.get("gate") == "fidelity" else None,
+        reference_dir=reference_dir(done) if best and rung.get("gate") == "fidelity" else None,
         gpu_memory_fraction=book.limits.gpu_memory_fraction,
         host_memory_GiB=book.limits.host_memory_GiB,
     )

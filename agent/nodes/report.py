@@ -32,7 +32,7 @@ def best_config(state: AgentState) -> dict:
         "knobs": best["knobs"],
         "measured": {
             k: best.get(k)
-            for k in ("name", "generate_s", "spread_s", "speedup_vs_baseline", "peak_memory_GiB", "energy_J")
+            for k in ("name", "generate_s", "spread_s", "speedup_vs_baseline", "peak_memory_GiB", "energy_per_clip_J")
             if best.get(k) is not None
         }
         | {"on": best.get("device")}

@@ -21,22 +21,37 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     candidate, timeouts = state["candidate"], state["playbook"]["timeouts"]
     assert candidate is not None  # the router only comes here with a candidate
     trial_dir = Path(candidate["dir"])
-    gpu = _check_gpu(state, trial_dir) if trials.will_start(state["run_id"], trial_dir) else None
-    try:
-        outcome = trials.execute(
-            state["run_id"],
-            trial_dir,
-            timeouts["deadline_s"],
-            timeouts["idle_timeout_s"],
-            runtime.context.poll_s,
-            runtime.context.telemetry_interval_s,
-        )
-    except OSError as err:
-        problem = storage_problem(err)
-        if problem is None:
-            raise
-        _stop(trial_dir, problem)
-    _stop_if_the_disk_failed_it(trial_dir, outcome)
+    for attempt in (1, 2):
+        gpu = _check_gpu(state, trial_dir) if trials.will_start(state["run_id"], trial_dir) else None
+        try:
+            outcome = trials.execute(
+                state["run_id"],
+                trial_dir,
+                timeouts["deadline_s"],
+                timeouts["idle_timeout_s"],
+                runtime.context.poll_s,
+                runtime.context.telemetry_interval_s,
+            )
+        except OSError as err:
+            problem = storage_problem(err)
+            if problem is None:
+                raise
+            _stop(trial_dir, problem)
+        _stop_if_the_disk_failed_it(trial_dir, outcome)
+        during = _shared_during(outcome)
+        if during is None:
+            break
+        gpu = (gpu or {}) | {"shared": True, "during": during}
+        if state["playbook"]["busy_gpu"]["then"] == "flag":
+            break
+        if attempt == 2:
+            raise contention.GpuBusy(
+                f"trial {trial_dir.name} was measured next to another process twice ({during}); such figures would "
+                "not be this machine's. Free the GPU, or set `busy_gpu: {then: flag}` to keep them flagged"
+            )
+        logger.warning("trial %s shared the GPU (%s): measuring it again once the GPU is free", trial_dir.name, during)
+        trials.forget(trial_dir)
+        (trial_dir / "stdout.log").replace(trial_dir / "stdout.shared.log")
     journal(state, runtime).record(
         "trial_finished",
         key=f"finished:{candidate['name']}",
@@ -44,10 +59,20 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         session=outcome["session"],
         reattached=outcome["reattached"],
     )
-    during = (outcome.get("telemetry") or {}).get("max_gpu_other_processes")
-    if during:
-        gpu = (gpu or {}) | {"shared": True, "during": f"{during} other process(es) on the GPU during the trial"}
     return {"candidate": candidate | {"outcome": outcome, "gpu_check": gpu}}
+
+
+def _shared_during(outcome: dict) -> str | None:
+    """Whether another process held the GPU while the trial ran: from the agent's samples (the part it watched)
+    and from the worker's own record (the whole trial, even while the agent was down)."""
+    seen = []
+    watched = (outcome.get("telemetry") or {}).get("max_gpu_other_processes")
+    if watched:
+        seen.append(f"{watched} other process(es) on the GPU while the agent watched")
+    others = ((outcome.get("result") or {}).get("gpu_sharing") or {}).get("others")
+    if others:
+        seen.append(f"the worker saw {contention.describe(others)}")
+    return "; ".join(seen) or None
 
 
 def _check_gpu(state: AgentState, trial_dir: Path) -> dict | None:

@@ -87,6 +87,7 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
             report["spread_s"] = report.get("spread_s", 0.0) + len(split[name]) * (max(timed) - min(timed))
     report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
     # The VAE decode of a clip-sized latent, timed once after a first decode (compile and autotuning land there).
+    log(f"  VAE decode (first call{': compiling the decoder, minutes at full size' if knobs.vae_decode == 'compiled' else ''})")
     for key in ("vae_first_decode_s", "vae_decode_s"):
         stop = timer(device)
         decode(pipe, latents)

@@ -49,7 +49,8 @@ def _fidelity(config: TrialConfig, out: Path) -> dict:
 
     if config.reference_dir is None:
         return {}
-    ref_dir, report = Path(config.reference_dir), {}
+    ref_dir = Path(config.reference_dir)
+    report: dict = {"reference": ref_dir.name}
     if (ref_dir / CHECK_FILE).exists():
         mine, ref = np.load(out / CHECK_FILE), np.load(ref_dir / CHECK_FILE)
         report["relative_error"] = {name: relative_error(mine[name], ref[name]) for name in ref.files if name in mine.files}
@@ -130,9 +131,11 @@ def run(config: TrialConfig) -> dict:
 
     from agent.runtime import pipeline, probe
     from agent.runtime.generate import encode
+    from agent.telemetry import SharingWatch
 
     out = Path(config.output_dir)
     device = pipeline.pick_device(config.device)
+    sharing = SharingWatch(device.index or 0).start() if device.type == "cuda" else None
     logger.info("device %s; %s; %s mode", device, config.knobs.describe(), config.measurement.mode)
     pipe, stages, setup = pipeline.build(config, device)
     logger.info("ready in %.1f s (offload: %s, %s)", sum(stages.values()), setup["offload"], setup["offload_reason"])
@@ -162,6 +165,7 @@ def run(config: TrialConfig) -> dict:
         **measured,
         "fidelity": _fidelity(config, out),
         "memory": _peak_memory(device) | {"build_" + k: v for k, v in build_memory.items()},
+        "gpu_sharing": sharing.stop() if sharing else {"checked": False, "why": "not on a GPU"},
         "config": config.model_dump(),
     }
 

@@ -6,10 +6,12 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from agent import tmux
+from agent.quality import relative_error
 from tests.conftest import ROOT, small_playbook, wan_agent, write_playbook
 
 EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOME\nsecond line\ttab'
@@ -56,20 +58,28 @@ def test_repeats_after_the_baseline_come_from_its_spread(converged):
 
 def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
     measurement = {"mode": "probe", "warmup": 1, "repeats": 2, "probe_steps": 2}
-    book = write_playbook(tmp_path / "tiny-probe.yaml", small_playbook(measurement=measurement))
-    done = wan_agent("run", "--playbook", str(book), runs_dir=tmp_path / "runs")
+    book = small_playbook(measurement=measurement)
+    # A same-function rung after Lightning is checked against the Lightning trial, not the baseline's other function.
+    book["ladder"].append({"name": "vae-tiling", "hypothesis": "Tiles the decode.", "set": {"vae_tiling": True}})
+    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "tiny-probe.yaml", book)), runs_dir=tmp_path / "runs")
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "runs" / done.stdout.strip()
     decisions = {e["name"]: e for e in events(run_dir) if e["kind"] == "decision"}
-    assert list(decisions) == ["00-baseline", "01-fp8", "02-lightning", "03-confirm"]
-    assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "02-lightning"))
-    confirm = decisions["03-confirm"]
+    assert list(decisions) == ["00-baseline", "01-fp8", "02-lightning", "03-vae-tiling", "04-confirm"]
+    assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "02-lightning", "03-vae-tiling"))
+    tiling = decisions["03-vae-tiling"]["fidelity"]
+    assert tiling["reference"] == "02-lightning" and max(tiling["relative_error"].values()) < 1e-3
+    checks = {n: np.load(run_dir / "trials" / n / "check_output.npz") for n in ("00-baseline", "02-lightning")}
+    assert relative_error(checks["02-lightning"]["transformer"], checks["00-baseline"]["transformer"]) > 1e-2
+    assert "Against 02-lightning: transformer output relative error" in (run_dir / "journal.md").read_text()
+    confirm = decisions["04-confirm"]
     assert (
         confirm["verdict"] == "confirmed" and not confirm["predicted"] and "predicted from probe-mode steps" in confirm["reason"]
     )
-    assert (run_dir / "trials" / "03-confirm" / "video.mp4").is_file()
+    assert (run_dir / "trials" / "04-confirm" / "video.mp4").is_file()
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
-    assert best["measured"]["name"] == "02-lightning"  # the winner; the confirmation only times it whole
+    winner = "03-vae-tiling" if decisions["03-vae-tiling"]["verdict"] == "kept" else "02-lightning"
+    assert best["measured"]["name"] == winner  # the confirmation only times the winner whole
     assert best["measured"]["confirmation"]["clip_s"] == confirm["generate_s"]
     assert "confirms the winner" in (run_dir / "journal.md").read_text()
 

@@ -2,7 +2,7 @@ import csv
 import os
 import time
 
-from agent.telemetry import Sampler
+from agent.telemetry import Sampler, SharingWatch
 
 
 def test_without_nvml_figures_are_absent_not_zero(tmp_path):
@@ -24,3 +24,22 @@ def test_a_vanished_worker_is_not_an_error(tmp_path):
     sampler = Sampler(tmp_path / "t.csv", lambda: None, interval_s=0.05).start()
     time.sleep(0.2)
     assert "peak_worker_rss_GiB" not in sampler.stop()
+
+
+def test_the_worker_without_nvml_says_sharing_was_not_checked():
+    record = SharingWatch(interval_s=0.05).start().stop()
+    if record["checked"]:  # a GPU machine: this process is never its own "other"
+        assert os.getpid() not in {p["pid"] for p in record["others"]} and record["samples"] >= 1
+    else:
+        assert record["why"].startswith("NVML unavailable: ")
+
+
+def test_sharing_is_read_from_the_agents_samples_and_the_workers_record():
+    from agent.nodes.trial import _shared_during
+
+    assert _shared_during({"telemetry": {"max_gpu_other_processes": 0}, "result": {"gpu_sharing": {"others": []}}}) is None
+    watched = _shared_during({"telemetry": {"max_gpu_other_processes": 2}, "result": None})
+    assert watched == "2 other process(es) on the GPU while the agent watched"
+    unwatched = {"telemetry": {"note": "trial finished while the agent was not watching"}}
+    unwatched["result"] = {"gpu_sharing": {"others": [{"pid": 7, "name": "python3", "used_GiB": 1.5}]}}
+    assert _shared_during(unwatched) == "the worker saw pid 7 (python3, 1.5 GiB)"
