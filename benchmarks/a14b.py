@@ -243,7 +243,7 @@ def section_vae(args) -> dict:
         if v.get("tiling"):
             vae.enable_tiling()
         if v.get("compile"):
-            vae.decoder.compile(dynamic=False)
+            vae.decoder.compile(dynamic=False, options=pipeline.VAE_INDUCTOR_OPTIONS)  # as the runtime does
         zz = z.to(memory_format=torch.channels_last_3d) if v.get("channels_last") else z
 
         def decode(vae=vae, zz=zz):

@@ -107,6 +107,9 @@ def _compile(pipe, mode: str) -> None:
             expert.compile()
 
 
+VAE_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": False, "coordinate_descent_check_all_directions": False}
+
+
 def _tune_vae(vae, mode: str) -> None:
     torch.backends.cudnn.benchmark = True  # cuDNN times its conv3d algorithms once per shape, keeps the fastest
     for module in vae.modules():
@@ -114,9 +117,11 @@ def _tune_vae(vae, mode: str) -> None:
             module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
     if mode == "compiled":
         # The decoder's blocks share a few forward functions called at a dozen shapes each: past Dynamo's
-        # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so (1.26 s
-        # against 1.72 channels-last, ~90 s to compile); raising the limit made compiling take over 4 min.
-        vae.decoder.compile(dynamic=False)
+        # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so: 1.26 s against
+        # 1.72 channels-last, ~90 s to compile. torchao's FP8 quantize_ turns on Inductor's coordinate-descent
+        # tuning for the whole process (recommended_inductor_config_setter); with it, the decoder's first decode
+        # ran past 5 min on an H100 (and past 4 min with Dynamo's limit raised). Compiled as measured, without it.
+        vae.decoder.compile(dynamic=False, options=VAE_INDUCTOR_OPTIONS)
 
 
 def _load(config: TrialConfig, dtype: torch.dtype, device: torch.device):

@@ -105,6 +105,7 @@ def test_run_json_and_journal_md_tell_the_story(converged):
         "### 02-lightning",
         "**Why.**",
         "**Decision: kept.**",
+        "first forwards (compile, quantize, autotune) ",
         "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |",
         "Converged on **02-lightning** after 3 trials",
     ):
