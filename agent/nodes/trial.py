@@ -51,7 +51,9 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             )
         logger.warning("trial %s shared the GPU (%s): measuring it again once the GPU is free", trial_dir.name, during)
         trials.forget(trial_dir)
-        (trial_dir / "stdout.log").replace(trial_dir / "stdout.shared.log")
+        for record in (trial_dir / "stdout.log", trial_dir / "telemetry.csv"):  # kept beside the next attempt's
+            if record.exists():
+                record.replace(record.with_name(f"{record.stem}.shared{record.suffix}"))
     journal(state, runtime).record(
         "trial_finished",
         key=f"finished:{candidate['name']}",
