@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from agent.telemetry import watched_whole
+
 
 def _fence(text: str) -> str:
     """A code fence longer than any run of backticks in ``text`` (a prompt may contain them)."""
@@ -25,7 +27,7 @@ def _energy(figures: dict, short: bool = False) -> str:
     telemetry = figures.get("telemetry") or {}
     if short:
         return "n/a"
-    if {"partial", "note"} & telemetry.keys():
+    if not watched_whole(telemetry):
         return "not measured (the agent restarted during this trial and did not watch all of it)"
     return "not measured" if telemetry.get("nvml", "not measured") == "ok" else "not measured (no NVML)"
 
@@ -56,7 +58,8 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
             f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step), VAE decode "
             f"{_fmt_s(decision['vae_decode_s'])}; load {_fmt_s(decision['stages'].get('load_s'))}, first forwards "
-            f"(compile, quantize, autotune) {_fmt_s(decision['stages'].get('first_forwards_s'))}; peak memory "
+            f"(compile, quantize, autotune) {_fmt_s(decision['stages'].get('first_forwards_s'))}{_vae_compile(decision)}; "
+            "peak memory "
             f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}{_offload(decision)}.",
             "",
             f"**Quality.** {_quality(decision)}",
@@ -77,6 +80,11 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
         fence = _fence(decision["log_tail"])
         lines += ["Last lines of its log:", "", fence, decision["log_tail"], fence, ""]
     return lines
+
+
+def _vae_compile(decision: dict) -> str:
+    seconds = decision["stages"].get("vae_compile_s")
+    return "" if seconds is None else f", compiling the VAE decoder {_fmt_s(seconds)}"
 
 
 def _offload(decision: dict) -> str:

@@ -37,6 +37,12 @@ COLUMNS = [
 ]
 
 
+def watched_whole(summary: dict) -> bool:
+    """Whether the agent's sampler covered the whole trial: not re-attached midway ("partial"), not read back
+    after the trial ended unwatched ("note")."""
+    return not ({"partial", "note"} & summary.keys())
+
+
 class Nvml:
     """One GPU through nvidia-ml-py; ``error`` says why it is unavailable, if it is."""
 

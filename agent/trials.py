@@ -47,6 +47,14 @@ def forget(trial_dir: Path) -> None:
         (trial_dir / name).unlink(missing_ok=True)
 
 
+def set_aside(trial_dir: Path, label: str) -> None:
+    """Forget an attempt, keeping its log and telemetry beside the next attempt's (``stdout.<label>.log``)."""
+    forget(trial_dir)
+    for record in (trial_dir / "stdout.log", trial_dir / "telemetry.csv"):
+        if record.exists():
+            record.replace(record.with_name(f"{record.stem}.{label}{record.suffix}"))
+
+
 def will_start(run_id: str, trial_dir: Path) -> bool:
     """Whether ``execute`` would start a worker (the trial neither finished nor still running)."""
     finished = tmux.read_exit_code(trial_dir / "exit_code") is not None
@@ -104,7 +112,7 @@ def execute(
                 break
             logger.warning("trial %s: %s; running it once more", trial_dir.name, died)
             reruns.append(died)
-            log.rename(trial_dir / f"stdout.attempt{attempt}.log")
+            set_aside(trial_dir, f"attempt{attempt}")
             reattached = False
         if reattached:
             summary["partial"] = "the agent restarted during this trial: telemetry covers only the part it watched"

@@ -355,6 +355,8 @@ def section_lightning(args) -> dict:
     t0 = time.perf_counter()
     probe.check_outputs(pipe, config, dev, positive)  # each expert's first call: compilation lands here
     save(first_forwards_s=time.perf_counter() - t0)
+    if config.knobs.vae_decode == "compiled":
+        save(vae_compile_s=probe.warm_decoder(pipe, config, dev))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     warm = generate(pipe, config, dev, lambda *_: None)

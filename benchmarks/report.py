@@ -146,7 +146,12 @@ def _clips(base: dict | None, fast: dict | None) -> list[str]:
         lines.append(
             f"- Lightning: {_knobs(fast['config']['knobs'])}; {fast['summary']['repeats']} clips after one warm-up "
             f"(spread {fast['summary']['spread_s']:.2f} s). Set-up: built in {fast['build_s']:.0f} s, "
-            f"first call of each expert (FP8 quantization kernels, Inductor compile) {fast['first_forwards_s']:.0f} s."
+            f"first call of each expert (FP8 quantization kernels, Inductor compile) {fast['first_forwards_s']:.0f} s"
+            + (
+                f", compiling the VAE decoder {' + '.join(f'{t:.0f}' for t in fast['vae_compile_s'])} s (two decodes)."
+                if "vae_compile_s" in fast
+                else "."
+            )
         )
         if "probe" in fast:
             measured, predicted = fast["summary"]["denoise_s"], fast["probe"]["predicted_denoise_s"]

@@ -10,6 +10,7 @@ from agent.decision import confirm, judge
 from agent.nodes import journal
 from agent.nodes.plan import size
 from agent.state import AgentState, RunContext
+from agent.telemetry import watched_whole
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _figures(outcome: dict) -> dict:
         if "energy_per_clip_J" in summary:  # full mode: the worker's NVML counter over the timed clips
             figures["energy_per_clip_J"] = summary["energy_per_clip_J"]
     figures["telemetry"] = tele
-    if "energy_J" in tele and not ({"partial", "note"} & tele.keys()):  # the agent watched the whole trial
+    if "energy_J" in tele and watched_whole(tele):
         figures["trial_energy_J"] = tele["energy_J"]
     return figures
 

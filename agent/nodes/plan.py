@@ -25,7 +25,7 @@ BASELINE: dict[str, Any] = {
     "name": "baseline",
     "set": {},
     "gate": "reference_free",
-    "hypothesis": "The model card's settings, unoptimised: the reference every rung is measured and judged against.",
+    "hypothesis": "The playbook's baseline configuration: the reference every rung is measured and judged against.",
 }
 
 

@@ -50,10 +50,7 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 "not be this machine's. Free the GPU, or set `busy_gpu: {then: flag}` to keep them flagged"
             )
         logger.warning("trial %s shared the GPU (%s): measuring it again once the GPU is free", trial_dir.name, during)
-        trials.forget(trial_dir)
-        for record in (trial_dir / "stdout.log", trial_dir / "telemetry.csv"):  # kept beside the next attempt's
-            if record.exists():
-                record.replace(record.with_name(f"{record.stem}.shared{record.suffix}"))
+        trials.set_aside(trial_dir, "shared")
     journal(state, runtime).record(
         "trial_finished",
         key=f"finished:{candidate['name']}",

@@ -86,10 +86,10 @@ class Knobs(Strict):
         return self
 
     def describe(self) -> str:
-        """A short human label: 'bf16, fp8=layerwise, lightning, 4 steps, cfg 1/1, shift 5, compile=regional'."""
+        """A short human label: 'bf16, fp8=layerwise (storage), lightning, 4 steps, cfg 1/1, shift 5, compile=regional'."""
         parts: list[str] = [self.precision]
         if self.fp8 != "none":
-            parts.append(f"fp8={self.fp8}")
+            parts.append(f"fp8={self.fp8} ({'storage' if self.fp8 == 'layerwise' else 'compute'})")
         if self.fp4 != "none":
             parts.append(f"fp4={self.fp4}")
         if self.lightning:

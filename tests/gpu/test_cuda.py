@@ -54,6 +54,13 @@ def test_fp8_compute_runs_and_stays_close_to_bf16(tmp_path, base, mode):
         assert 0 < error < 0.1
 
 
+def test_layerwise_fp8_storage_keeps_the_function(tmp_path, base):
+    result = trial(tmp_path, "layerwise", fp8="layerwise")  # float8 weights, upcast per layer: memory, not speed
+    assert result["quality"]["passed"]
+    for error in result["fidelity"]["relative_error"].values():
+        assert 0 < error < 0.1
+
+
 @pytest.mark.parametrize("mode", ["model", "group", "sequential"])
 def test_offload_modes_run_and_compute_the_same_function(tmp_path, base, mode):
     result = trial(tmp_path, mode, offload=mode, vae_tiling=True)
@@ -72,7 +79,7 @@ def test_fp16_computes_the_bf16_function(tmp_path, base):
 @pytest.mark.parametrize("mode", ["channels_last", "compiled"])
 def test_vae_decode_modes_keep_the_clip(tmp_path, base, mode):
     result = trial(tmp_path, mode, vae_decode=mode)
-    assert result["quality"]["passed"]
+    assert result["quality"]["passed"] and ("vae_compile_s" in result["stages"]) == (mode == "compiled")
     assert result["fidelity"]["psnr_dB"] > 30
 
 

@@ -145,3 +145,11 @@ def test_regional_compile_reports_its_first_call_apart(model, tmp_path):
     assert code == 0, log
     assert result["stages"]["first_forwards_s"] > 1.0  # Inductor compiling the block, kept out of the timed clips
     assert result["quality"]["passed"]
+
+
+def test_a_compiled_vae_decoder_compiles_before_the_timed_clips(model, tmp_path):
+    code, result, log = work(config(model, tmp_path / "v", steps=2, vae_decode="compiled"))
+    assert code == 0, log
+    compile_s, decode_s = result["stages"]["vae_compile_s"], result["summary"]["vae_decode_s"]
+    assert compile_s > 20 * decode_s, (compile_s, decode_s)  # Inductor's work landed in the warm-up decodes
+    assert result["quality"]["passed"] and "compiling the VAE decoder" in log

@@ -33,7 +33,7 @@ def test_knobs_refuse_unknown_keys_and_values():
 def test_knobs_describe_reads_like_a_configuration():
     assert (
         Knobs(fp8="layerwise", lightning=True, steps=4, guidance_scale=1, guidance_scale_2=1, flow_shift=5).describe()
-        == "bf16, fp8=layerwise, lightning, 4 steps, cfg 1/1, shift 5"
+        == "bf16, fp8=layerwise (storage), lightning, 4 steps, cfg 1/1, shift 5"
     )
 
 
