@@ -105,6 +105,9 @@ def _quality(decision: dict) -> str:
         text += f". Against {fid.get('reference', 'the baseline')}: transformer output relative error {errors}"
         if fid.get("comparable"):
             text += f"; frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}"
+        if (fid.get("vae_frame") or {}).get("comparable"):
+            vae = fid["vae_frame"]
+            text += f"; one decoded latent frame PSNR {vae['psnr_dB']:.1f} dB, SSIM {vae['ssim']:.3f} (recorded, not gated)"
     return text + "."
 
 

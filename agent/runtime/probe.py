@@ -108,6 +108,13 @@ def warm_decoder(pipe, config: TrialConfig, device: torch.device) -> list[float]
     return times
 
 
+def check_decode(pipe, config: TrialConfig, device: torch.device) -> np.ndarray:
+    """The VAE's decode of one fixed latent frame, as 8-bit pixels (1, H, W, 3): what the VAE rungs (tiling,
+    layout, compile) change, which the experts' check outputs cannot show."""
+    latents = _latents(pipe, config, device, seed=4321)[:, :, :1]
+    return decode(pipe, latents)[0]
+
+
 def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> dict[str, np.ndarray]:
     """Each expert's output on one fixed input (seeded latents, a fixed timestep in its range, the prompt):
     the same-function rungs are compared on these against the baseline's."""

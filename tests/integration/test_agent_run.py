@@ -69,9 +69,13 @@ def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
     assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "02-lightning", "03-vae-tiling"))
     tiling = decisions["03-vae-tiling"]["fidelity"]
     assert tiling["reference"] == "02-lightning" and max(tiling["relative_error"].values()) < 1e-3
+    assert set(tiling["relative_error"]) == {"transformer", "transformer_2"}  # the decoded frame is recorded apart
+    assert tiling["vae_frame"]["comparable"] and tiling["vae_frame"]["psnr_dB"] > 20
     checks = {n: np.load(run_dir / "trials" / n / "check_output.npz") for n in ("00-baseline", "02-lightning")}
     assert relative_error(checks["02-lightning"]["transformer"], checks["00-baseline"]["transformer"]) > 1e-2
-    assert "Against 02-lightning: transformer output relative error" in (run_dir / "journal.md").read_text()
+    journal_text = (run_dir / "journal.md").read_text()
+    assert "Against 02-lightning: transformer output relative error" in journal_text
+    assert "one decoded latent frame PSNR" in journal_text
     confirm = decisions["04-confirm"]
     assert (
         confirm["verdict"] == "confirmed" and not confirm["predicted"] and "predicted from probe-mode steps" in confirm["reason"]

@@ -97,7 +97,8 @@ def test_probe_mode_predicts_the_clip_and_writes_the_check_output(model, tmp_pat
     assert result["summary"]["predicted"] is True
     assert result["summary"]["denoise_s"] == pytest.approx(sum(probe["steps"][n] * probe["step_s"][n] for n in probe["step_s"]))
     assert result["quality"]["passed"] and not (tmp_path / "p" / "video.mp4").exists()
-    assert set(np.load(tmp_path / "p" / "check_output.npz").files) == {"transformer", "transformer_2"}
+    check = np.load(tmp_path / "p" / "check_output.npz")
+    assert set(check.files) == {"transformer", "transformer_2", "vae_frame"} and check["vae_frame"].shape == (1, 48, 64, 3)
 
 
 def test_fidelity_against_a_reference_trial(model, tmp_path):
@@ -108,6 +109,7 @@ def test_fidelity_against_a_reference_trial(model, tmp_path):
     assert code == 0, log
     assert result["fidelity"]["relative_error"] == {"transformer": 0.0, "transformer_2": 0.0}
     assert result["fidelity"]["psnr_dB"] == float("inf") and result["fidelity"]["ssim"] == pytest.approx(1.0)
+    assert result["fidelity"]["vae_frame"]["psnr_dB"] == float("inf")
     fp8 = same.model_copy(
         update={"name": "fp8", "output_dir": str(tmp_path / "fp8"), "knobs": base.knobs.model_copy(update={"fp8": "layerwise"})}
     )
