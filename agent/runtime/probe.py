@@ -88,24 +88,24 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
     report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
     # The VAE decode of a clip-sized latent, timed once after a first decode (compile and autotuning land there).
     log("  VAE decode: a first call (cuDNN autotuning), then one timed")
-    for key in ("vae_first_decode_s", "vae_decode_s"):
+    report["vae_first_decode_s"], report["vae_decode_s"] = _timed_decodes(pipe, latents, device, 2)
+    return report
+
+
+def _timed_decodes(pipe, latents: torch.Tensor, device: torch.device, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
         stop = timer(device)
         decode(pipe, latents)
-        report[key] = stop()
-    return report
+        times.append(stop())
+    return times
 
 
 def warm_decoder(pipe, config: TrialConfig, device: torch.device) -> list[float]:
     """Two decodes of a clip-sized latent, timed: a compiled decoder compiles in the first (74 s on an H100 at
     480p, 81 frames) and recompiled part of itself in the second (15 s), so a clip decoded after these two
     finds it warm (1.4 s there). Called only for ``vae_decode: compiled``."""
-    latents = _latents(pipe, config, device, seed=0)
-    times = []
-    for _ in range(2):
-        stop = timer(device)
-        decode(pipe, latents)
-        times.append(stop())
-    return times
+    return _timed_decodes(pipe, _latents(pipe, config, device, seed=0), device, 2)
 
 
 def check_decode(pipe, config: TrialConfig, device: torch.device) -> np.ndarray:
