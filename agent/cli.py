@@ -2,7 +2,8 @@
 
 stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
 stderr. Exit status: 0 done, 1 the run or generation failed, 2 bad input (the message says which
-field and what is allowed).
+field and what is allowed), 3 converged but with verdicts the host's noise left open (inconclusive, or a
+probe prediction the full clip did not confirm), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agent.sources import SourceError
 from agent.state import RunStopped
 
 logger = logging.getLogger("wan-agent")
+UNRESOLVED_EXIT = 3  # converged, but some verdicts were left open by the host's noise
 
 
 def pick_playbook(info: dict) -> str:
@@ -73,10 +75,16 @@ def _drive(run_id: str, runs_dir: Path) -> dict:
 
 def _finish(state: dict, run_dir: Path) -> int:
     logger.info("journal: %s", run_dir / "journal.md")
-    if state.get("status") == "converged":
-        logger.info("best configuration: %s", run_dir / "best.yaml")
-        return 0
-    return 1
+    if state.get("status") != "converged":
+        return 1
+    logger.info("best configuration: %s", run_dir / "best.yaml")
+    if state.get("unresolved"):
+        logger.warning(
+            "converged, but %s could not be settled on this host (inconclusive or unconfirmed): see the journal",
+            ", ".join(state["unresolved"]),
+        )
+        return UNRESOLVED_EXIT
+    return 0
 
 
 def cmd_generate(args) -> int:

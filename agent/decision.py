@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
+
+from agent import stats
 
 # confirmed / unconfirmed: the probe-mode winner timed once more as a whole clip.
 # changed_workload: it ran only at a smaller size (remediation's last resort): not comparable, never kept.
-Verdict = Literal["baseline", "kept", "reverted", "failed", "rejected", "skipped", "confirmed", "unconfirmed", "changed_workload"]
-# Expected range of n samples of a normal distribution, in standard deviations (the d2 constant of
-# quality-control charts): the spread of n repeats is about D2[n]·σ.
-D2 = {2: 1.128, 3: 1.693, 4: 2.059, 5: 2.326, 6: 2.534, 7: 2.704, 8: 2.847, 9: 2.970, 10: 3.078}
+# inconclusive: the interval of the gain holds both a slow-down and a min_gain speed-up (the host is too noisy).
+Verdict = Literal[
+    "baseline", "kept", "reverted", "inconclusive", "failed", "rejected", "skipped", "confirmed", "unconfirmed", "changed_workload"
+]
+# Verdicts that leave the run converged but its figures not fully trusted: the exit status says so.
+UNRESOLVED = ("inconclusive", "unconfirmed")
 # Errors that mean "this machine cannot run that rung", not "the rung is broken": the rung is skipped.
 CANNOT_RUN_HERE = ("BackendUnavailable", "UnsupportedOnHardware")
 
@@ -55,44 +58,61 @@ def judge(outcome: dict, best: dict | None, min_gain: float, max_relative_error:
                     f"computes a different function: {name}'s output differs from the baseline's by "
                     f"{error:.1e} (relative), more than {max_relative_error:.0e}"
                 )
-    time_s, spread_s = result["summary"]["generate_s"], result["summary"]["spread_s"]
+    summary = result["summary"]
     if best is None:
-        return "baseline", f"the reference for every rung: {time_s:.3f} s per clip (spread {spread_s:.3f} s)"
-    best_s = best["generate_s"]
-    needed = max(spread_s, best["spread_s"], min_gain * best_s)
-    gain = best_s - time_s
-    if gain > needed:
-        return (
-            "kept",
-            f"{best_s / time_s:.2f}x faster than the best ({time_s:.3f} s vs {best_s:.3f} s; "
-            f"gain {gain:.3f} s > noise/margin {needed:.3f} s)",
-        )
-    return "reverted", (
-        f"not faster beyond the noise: {time_s:.3f} s vs best {best_s:.3f} s (gain {gain:+.3f} s, needed > {needed:.3f} s)"
+        return "baseline", f"the reference for every rung: {summary['generate_s']:.3f} s per clip (spread {summary['spread_s']:.3f} s)"
+    return timing_verdict(best, summary, min_gain)
+
+
+def samples(figures: dict) -> list[float]:
+    """A trial's timed repeats (probe mode: one predicted clip per timed step); the median alone for records
+    made before repeats were kept."""
+    return list(figures.get("samples_s") or [figures["generate_s"]])
+
+
+def timing_verdict(best: dict, summary: dict, min_gain: float) -> tuple[Verdict, str]:
+    """Kept if surely faster and by at least ``min_gain`` as measured; reverted if surely not by ``min_gain``, or
+    faster by less; inconclusive if the interval of the gain holds both a slow-down and a ``min_gain`` speed-up:
+    the noise of this host cannot tell, so the incumbent stays and the run says so."""
+    best_s, time_s = best["generate_s"], summary["generate_s"]
+    g = stats.gain(samples(best), samples(summary))
+    figures = (
+        f"{time_s:.3f} s vs best {best_s:.3f} s (median of {len(samples(summary))} and {len(samples(best))}); "
+        f"time saved {g.describe()}"
+    )
+    bar = f"{100 * min_gain:g} %"
+    if g.low > 0 and g.point >= min_gain:
+        return "kept", f"{best_s / time_s:.2f}x faster than the best: {figures}, surely faster and by more than {bar}"
+    if g.high < min_gain:
+        return "reverted", f"not faster by {bar}: {figures}"
+    if g.low > 0:
+        return "reverted", f"faster, but by less than {bar}: {figures}"
+    return "inconclusive", (
+        f"the noise cannot tell: {figures} holds both a slow-down and a gain of {bar}; the best stays, and the run "
+        "reports this verdict as unresolved (measure again on a quieter machine)"
     )
 
 
-def repeats_for(spread_s: float, repeats: int, time_s: float, min_gain: float, fewest: int, most: int) -> tuple[int, str]:
-    """How many timed repeats tell a ``min_gain`` difference from the noise the baseline's repeats showed.
-
-    σ ≈ spread / D2[repeats]; the median of k repeats varies by ≈ 1.25·σ/√k, the difference of two such
-    medians by √2 times that; k is chosen so that two of those (≈ 95 %) fit in the margin min_gain·time.
-    """
-    if repeats < 2 or time_s <= 0:
-        return most, "no spread measured (fewer than 2 baseline repeats): the most repeats allowed"
-    sigma = spread_s / D2[min(repeats, max(D2))]
-    margin = max(min_gain, 1e-3) * time_s
-    needed = math.ceil((2 * math.sqrt(2) * 1.2533 * sigma / margin) ** 2)
+def repeats_for(baseline: list[float], min_gain: float, fewest: int, most: int) -> tuple[int, str, bool]:
+    """How many timed repeats tell a ``min_gain`` difference from the noise the baseline's repeats showed, kept
+    within [fewest, most]; the flag is True when even ``most`` cannot (the host is too noisy to resolve it)."""
+    if len(baseline) < 2:
+        return most, "no noise measured (fewer than 2 baseline repeats): the most repeats allowed", False
+    sigma = stats.log_sigma(baseline)
+    needed = stats.repeats_needed(sigma, min_gain)
     k = min(max(needed, fewest), most)
     why = (
-        f"baseline noise σ ≈ {sigma:.4f} s ({100 * sigma / time_s:.2f} % of {time_s:.3f} s, from the spread of "
-        f"{repeats} repeats); {needed} repeat(s) resolve a {100 * min_gain:g} % gain"
+        f"baseline noise ±{100 * sigma:.2f} % per repeat (MAD of {len(baseline)} repeats); {needed} repeat(s) "
+        f"resolve a {100 * min_gain:g} % gain"
     )
-    return k, why + ("" if k == needed else f", kept within [{fewest}, {most}]")
+    if needed > most:
+        return k, why + f": capped at {most}, so verdicts near the bar may be inconclusive on this host", True
+    return k, why + ("" if k == needed else f", kept within [{fewest}, {most}]"), False
 
 
 def confirm(outcome: dict, best: dict) -> tuple[Verdict, str]:
-    """Judge the full-clip confirmation of a winner found in probe mode."""
+    """Judge the full-clip confirmation of a winner found in probe mode: confirmed only within the error the probe
+    stated for its prediction."""
     failed = failure_reason(outcome)
     if failed:
         return "unconfirmed", f"the full clip did not finish: {failed}"
@@ -100,7 +120,12 @@ def confirm(outcome: dict, best: dict) -> tuple[Verdict, str]:
     if not result["quality"]["passed"]:
         return "unconfirmed", "the full clip is broken: " + "; ".join(result["quality"]["reasons"])
     clip_s, predicted_s = result["summary"]["generate_s"], best["generate_s"]
-    return "confirmed", (
+    tolerance = best.get("prediction_error") or 0.0
+    off = (clip_s - predicted_s) / predicted_s
+    said = (
         f"one full clip took {clip_s:.3f} s against {predicted_s:.3f} s predicted from probe-mode steps "
-        f"({100 * (clip_s - predicted_s) / predicted_s:+.1f} %)"
+        f"({100 * off:+.1f} %; the probe stated ±{100 * tolerance:.1f} %)"
     )
+    if abs(off) > tolerance:
+        return "unconfirmed", f"{said}: outside the stated error, so the prediction does not hold"
+    return "confirmed", said

@@ -48,6 +48,8 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
         lines[-1] += f". **Changed workload**: {change['to']} instead of {change['from']} (not a speed-up)"
     if planned.get("measurement_why"):
         lines[-1] += f". Timing: {planned['measurement']['mode']} mode, {planned['measurement_why']}"
+        if planned.get("too_noisy"):
+            lines[-1] += " **(noisy host)**"
     lines.append("")
     if decision is None:
         return [*lines, "_Running, or interrupted: no decision yet._", ""]
@@ -121,13 +123,23 @@ def _table(decisions: list[dict]) -> list[str]:
     ]
     for d in decisions:
         speedup = f"{d['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in d else "n/a"
+        if d["verdict"] == "changed_workload":  # its own size: no speed-up across different work
+            speedup = f"n/a ({d['workload']['width']}×{d['workload']['height']})"
         kept = KEPT.get(d["verdict"], f"no ({d['verdict']})")
         shared = " (shared GPU)" if (d.get("gpu_check") or {}).get("shared") else ""
         lines.append(
-            f"| {d['name']}: {d.get('label', '')} | {d['knobs']['steps']} | {d.get('frames', '')} | "
+            f"| {d['name']}: {d.get('label', '')} | {d['knobs']['steps']} | {(d.get('workload') or {}).get('frames', '')} | "
             f"{_fmt_s(d.get('generate_s'))}{shared} | {speedup} | {_memory(d)} | {_energy(d, short=True)} | {kept} |"
         )
     return lines
+
+
+def _unresolved(names: list[str], decisions: dict) -> str:
+    said = "; ".join(f"{name} {decisions[name]['verdict']}" for name in names if name in decisions)
+    return (
+        f"{said}. This host was too noisy to settle these verdicts, or the probe's prediction did not hold: the figures "
+        "above stand as measured, but run again on a quiet machine before trusting the winner (`wan-agent run` exited 3)."
+    )
 
 
 def render_markdown(events: list[dict]) -> str:
@@ -180,7 +192,7 @@ def render_markdown(events: list[dict]) -> str:
                 "",
             ]
         if planned["trial"] in decisions:
-            decisions[planned["trial"]] |= {"label": planned["label"], "frames": workload.get("frames")}
+            decisions[planned["trial"]] |= {"label": planned["label"]}
     for skipped in by_kind.get("rung_skipped", []):
         lines += [f"- Rung `{skipped['rung']}` skipped: {skipped['reason']}.", ""]
     lines += ["## Summary", "", *_table(list(decisions.values())), ""]
@@ -192,6 +204,8 @@ def render_markdown(events: list[dict]) -> str:
                 f"Converged on **{end['best']}** after {end['trial_count']} trials in {minutes:.1f} min; "
                 f"configuration in `best.yaml`: `{json.dumps(end['knobs'])}`."
             )
+            if end.get("unresolved"):
+                lines += ["", f"**Unresolved.** {_unresolved(end['unresolved'], decisions)}"]
         else:
             lines.append(f"The run failed after {end['trial_count']} trials ({minutes:.1f} min): no usable baseline.")
     return "\n".join(lines) + "\n"

@@ -26,13 +26,15 @@ class AgentState(TypedDict, total=False):
     candidate: dict | None
     """The trial being run: plan fills {"index", "name", "rung", "hypothesis", "knobs", "dir"}; trial adds "outcome"."""
     trials: list[dict]
-    """One record per finished trial: knobs, figures, verdict (baseline|kept|reverted|failed|rejected), reason."""
+    """One record per finished trial: knobs, figures, verdict (agent.decision.Verdict), reason."""
     best: dict | None
     """The record of the current best trial (the baseline, or the last rung kept)."""
     started_at: float
     """Unix time the run started, for time-to-converge."""
     status: str
     """running | converged | failed."""
+    unresolved: list[str]
+    """Trials whose verdict the host's noise left open (inconclusive) or whose prediction did not hold (unconfirmed)."""
 
 
 class RunStopped(RuntimeError):

@@ -24,7 +24,10 @@ def _figures(outcome: dict) -> dict:
         figures |= {
             k: summary[k] for k in ("generate_s", "spread_s", "text_encode_s", "denoise_s", "vae_decode_s", "step_s", "repeats")
         }
+        figures["samples_s"] = summary.get("samples_s") or [summary["generate_s"]]
         figures["predicted"] = bool(summary.get("predicted"))  # probe mode: the clip's time is extrapolated
+        if "prediction_error" in summary:
+            figures["prediction_error"] = summary["prediction_error"]
         figures |= {
             "stages": result["stages"],
             "memory": memory,
@@ -65,7 +68,7 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if candidate.get("gpu_check"):
         record["gpu_check"] = candidate["gpu_check"]
     baseline = next((t for t in state.get("trials", []) if t["verdict"] == "baseline"), record)
-    if "generate_s" in record and "generate_s" in baseline:
+    if "generate_s" in record and "generate_s" in baseline and record["workload"] == baseline["workload"]:
         record["speedup_vs_baseline"] = baseline["generate_s"] / record["generate_s"]
     logger.info("trial %s: %s — %s", candidate["name"], verdict, reason)
     log = journal(state, runtime)
@@ -85,7 +88,7 @@ def _workload_check(verdict: str, reason: str, candidate: dict, best: dict | Non
     """A trial at a smaller workload than the best's is not a speed-up; a baseline at one says so loudly."""
     workload = candidate.get("workload") or playbook_workload
     best_workload = (best or {}).get("workload") or playbook_workload
-    if best is not None and verdict in ("kept", "reverted") and workload != best_workload:
+    if best is not None and verdict in ("kept", "reverted", "inconclusive") and workload != best_workload:
         return "changed_workload", (
             f"ran at {size(workload)} instead of {size(best_workload)}: a changed workload, "
             "not a speed-up, so not compared with the best"

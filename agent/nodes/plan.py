@@ -12,7 +12,7 @@ from langgraph.runtime import Runtime
 
 from agent import trials
 from agent.capabilities import cannot_run
-from agent.decision import repeats_for
+from agent.decision import repeats_for, samples
 from agent.files import check_room
 from agent.nodes import journal, run_dir
 from agent.playbook import Playbook
@@ -38,19 +38,17 @@ CONFIRM: dict[str, Any] = {
 }
 
 
-def measurement_for(book: Playbook, done: list[dict], rung: dict) -> tuple[Measurement, str]:
-    """How the trial is timed, and why so."""
+def measurement_for(book: Playbook, done: list[dict], rung: dict) -> tuple[Measurement, str, bool]:
+    """How the trial is timed, why so, and whether the host is too noisy for the most repeats allowed."""
     m = book.measurement
     if rung is CONFIRM:
-        return m.model_copy(update={"mode": "full", "repeats": 1}), "one full clip after the warm-up"
+        return m.model_copy(update={"mode": "full", "repeats": 1}), "one full clip after the warm-up", False
     baseline = next((t for t in done if t["verdict"] == "baseline"), None)
     key = "probe_steps" if m.mode == "probe" else "repeats"
     if baseline is None:
-        return m, f"{key} {getattr(m, key)}, as the playbook sets for the baseline"
-    k, why = repeats_for(
-        baseline["spread_s"], baseline["repeats"], baseline["generate_s"], book.decision.min_gain, m.fewest, m.most
-    )
-    return m.model_copy(update={key: k}), f"{key} {k}: {why}"
+        return m, f"{key} {getattr(m, key)}, as the playbook sets for the baseline", False
+    k, why, too_noisy = repeats_for(samples(baseline), book.decision.min_gain, m.fewest, m.most)
+    return m.model_copy(update={key: k}), f"{key} {k}: {why}", too_noisy
 
 
 def needs_confirmation(state: AgentState) -> bool:
@@ -130,7 +128,9 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         ((best or {}).get("workload") or book.workload.model_dump()) | rung["set"].get("workload", {})
     )
     check_room(run_dir(state, runtime), trial_bytes(workload))  # stop cleanly here rather than mid-trial
-    measurement, measurement_why = measurement_for(book, done, rung)
+    measurement, measurement_why, too_noisy = measurement_for(book, done, rung)
+    if too_noisy:
+        logger.warning("trial %s: %s", name, measurement_why)
     trial_dir = run_dir(state, runtime) / "trials" / name
     model = state["model"]
     config = TrialConfig(
@@ -161,6 +161,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         change=change,
         measurement=measurement.model_dump(),
         measurement_why=measurement_why,
+        too_noisy=too_noisy,
         **({"workload_changed": changed_workload} if (changed_workload := _changed(book.workload, workload)) else {}),
     )
     return {

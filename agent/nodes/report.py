@@ -8,6 +8,7 @@ import time
 import yaml
 from langgraph.runtime import Runtime
 
+from agent.decision import UNRESOLVED
 from agent.files import write_text_atomic
 from agent.nodes import journal, run_dir
 from agent.state import AgentState, RunContext
@@ -51,10 +52,11 @@ def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         best = best_config(state)
         write_text_atomic(run_dir(state, runtime) / "best.yaml", yaml.safe_dump(best, sort_keys=False))
         fields |= {"best": winner["name"], "knobs": winner["knobs"]}
+        fields["unresolved"] = [t["name"] for t in trials if t["verdict"] in UNRESOLVED]
         logger.info("converged after %d trials in %.0f s: best is %s", len(trials), elapsed, winner["name"])
     else:
         logger.error("run failed: no baseline measurement; see %s", run_dir(state, runtime) / "journal.md")
     log = journal(state, runtime)
     log.record("converged" if status == "converged" else "run_failed", key="end", **fields)
     log.render()
-    return {"status": status}
+    return {"status": status, "unresolved": fields.get("unresolved", [])}

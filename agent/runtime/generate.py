@@ -136,10 +136,11 @@ def decode(pipe, latents: torch.Tensor) -> tuple[np.ndarray, int]:
 
 
 def summarize(runs: list[Generation]) -> dict:
-    """Median figures over the timed repeats, with their spread (max - min) as the measured noise."""
+    """Median figures over the timed repeats, the repeats themselves (the verdicts' statistics use them) and their spread."""
     totals = [g.total_s for g in runs]
     return {
         "generate_s": statistics.median(totals),
+        "samples_s": totals,
         "spread_s": max(totals) - min(totals),
         "text_encode_s": statistics.median(g.text_encode_s for g in runs),
         "denoise_s": statistics.median(g.denoise_s for g in runs),

@@ -8,14 +8,16 @@ compile, attention) must reproduce the baseline's within a tolerance.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
 import numpy as np
 import torch
 
+from agent import stats
 from agent.runtime.config import TrialConfig
-from agent.runtime.generate import decode, expert_for
+from agent.runtime.generate import decode, encode, expert_for
 from agent.runtime.pipeline import experts
 
 CHECK_TIMESTEPS = {"transformer": 999.0, "transformer_2": 500.0}  # one inside each expert's range
@@ -34,6 +36,14 @@ def expert_steps(pipe, steps: int) -> dict[str, list[float]]:
     for t in pipe.scheduler.timesteps:
         split[expert_for(pipe, t)].append(float(t))
     return split
+
+
+def _scheduler_at(pipe, steps: int, timestep: float):
+    """A copy of the pipeline's scheduler set for a clip of ``steps``, ready to take its step at ``timestep``."""
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps, device=pipe._execution_device)
+    scheduler._step_index = int((scheduler.timesteps == timestep).nonzero()[0])
+    return scheduler
 
 
 def timer(device: torch.device):
@@ -63,33 +73,53 @@ def _step(model, latents, timestep, positive, negative, guidance: float) -> torc
 
 
 def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, log) -> dict:
-    """Warm up, then time ``probe_steps`` steps of each expert; predict the clip's denoising time."""
+    """Warm up, then time ``probe_steps`` steps of each expert, text encodes and VAE decodes (all warm); predict
+    the clip from each set of them: sample i is text_i + Σ_expert steps·step_i + decode_i."""
     knobs, measure = config.knobs, config.measurement
     split = expert_steps(pipe, knobs.steps)
     guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
     latents = _latents(pipe, config, device, seed=config.workload.seed)
+    state = latents.float()  # the pipeline keeps its latents in float32 between steps
     warmup = max(measure.warmup, 1)  # at least one untimed step: first calls compile, autotune, allocate
-    report: dict = {"steps": {name: len(ts) for name, ts in split.items()}, "step_s": {}, "first_step_s": {}}
+    count = measure.probe_steps
+    report: dict = {"steps": {name: len(ts) for name, ts in split.items()}, "step_s": {}, "first_step_s": {}, "step_samples_s": {}}
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             if not split[name]:
                 continue
             t = split[name][0]
             times = []
-            for i in range(warmup + measure.probe_steps):
+            for i in range(warmup + count):
+                scheduler = _scheduler_at(pipe, knobs.steps, t)
                 stop = timer(device)
-                _step(model, latents, t, positive, negative, guidance[name])
+                # As the pipeline's loop does: float32 latents cast for the model, the scheduler's update after it.
+                out = _step(model, state.to(model.dtype), t, positive, negative, guidance[name])
+                scheduler.step(out, t, state, return_dict=False)
                 times.append(stop())
-                log(f"  probe {name} step {i + 1}/{warmup + measure.probe_steps} {times[-1]:.3f} s")
-            timed = times[warmup:]
+                log(f"  probe {name} step {i + 1}/{warmup + count} {times[-1]:.3f} s")
             report["first_step_s"][name] = times[0]
-            report["step_s"][name] = statistics.median(timed)
-            report["spread_s"] = report.get("spread_s", 0.0) + len(split[name]) * (max(timed) - min(timed))
+            report["step_samples_s"][name] = times[warmup:]
+            report["step_s"][name] = statistics.median(times[warmup:])
     report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
-    # The VAE decode of a clip-sized latent, timed once after a first decode (compile and autotuning land there).
-    log("  VAE decode: a first call (cuDNN autotuning), then one timed")
-    report["vae_first_decode_s"], report["vae_decode_s"] = _timed_decodes(pipe, latents, device, 2)
+    # The text encoder was already called once (cold: 0.2-0.4 s against 0.05 s warm on an H100); time it warm.
+    report["text_encode_samples_s"] = [encode(pipe, config, device)[2] for _ in range(count)]
+    log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")
+    first, *decodes = _timed_decodes(pipe, latents, device, 1 + count)
+    report["vae_first_decode_s"], report["vae_decode_samples_s"] = first, decodes
+    report["vae_decode_s"] = statistics.median(decodes)
+    report["clip_samples_s"] = [
+        report["text_encode_samples_s"][i]
+        + sum(report["steps"][n] * report["step_samples_s"][n][i] for n in report["step_samples_s"])
+        + decodes[i]
+        for i in range(count)
+    ]
     return report
+
+
+def prediction_error(clip_samples: list[float], tolerance: float) -> float:
+    """How far a whole clip may land from the median predicted clip, as a fraction: ``tolerance`` for what the
+    prediction leaves out (the pipeline's set-up of a clip), plus the noise of one clip against that median."""
+    return tolerance + stats.Z * stats.log_sigma(clip_samples) * (1 + stats.MEDIAN_SE**2 / len(clip_samples)) ** 0.5
 
 
 def _timed_decodes(pipe, latents: torch.Tensor, device: torch.device, count: int) -> list[float]:

@@ -110,20 +110,23 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
     }
 
 
-def _probe(pipe, config: TrialConfig, device, positive, negative, text_s: float) -> dict:
-    """Per-expert forwards only; the clip's time is predicted from them."""
+def _probe(pipe, config: TrialConfig, device, positive, negative) -> dict:
+    """Per-expert forwards only; the clip's time is predicted from them, with the error the prediction may have."""
     from agent.runtime import probe
 
     report = probe.probe(pipe, config, device, positive, negative, logger.info)
+    clips = report["clip_samples_s"]
     summary = {
-        "generate_s": text_s + report["predicted_denoise_s"] + report["vae_decode_s"],
-        "spread_s": report["spread_s"],
-        "text_encode_s": text_s,
+        "generate_s": statistics.median(clips),
+        "samples_s": clips,
+        "spread_s": max(clips) - min(clips),
+        "text_encode_s": statistics.median(report["text_encode_samples_s"]),
         "denoise_s": report["predicted_denoise_s"],
         "vae_decode_s": report["vae_decode_s"],
         "step_s": statistics.fmean(report["step_s"].values()),
-        "repeats": config.measurement.probe_steps,
+        "repeats": len(clips),
         "predicted": True,
+        "prediction_error": probe.prediction_error(clips, config.measurement.probe_tolerance),
         "first_call_overhead_s": sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"]),
     }
     return {"probe": report, "summary": summary, "outputs": {"check": CHECK_FILE}}
@@ -146,7 +149,7 @@ def run(config: TrialConfig) -> dict:
     build_memory = _peak_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    positive, negative, text_s = encode(pipe, config, device)
+    positive, negative, _ = encode(pipe, config, device)
     t0 = time.perf_counter()
     check = probe.check_outputs(pipe, config, device, positive)
     stages["first_forwards_s"] = time.perf_counter() - t0  # each expert's first call: compile and autotune land here
@@ -157,7 +160,7 @@ def run(config: TrialConfig) -> dict:
     np.savez(out / CHECK_FILE, **check)  # type: ignore[arg-type]
     check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
     if config.measurement.mode == "probe":
-        measured = _probe(pipe, config, device, positive, negative, text_s)
+        measured = _probe(pipe, config, device, positive, negative)
         reasons = [] if check_finite else ["non-finite transformer output"]
         measured["quality"] = {"passed": check_finite, "reasons": reasons, "finite": check_finite, "note": "probe mode: no clip"}
     else:

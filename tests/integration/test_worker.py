@@ -56,7 +56,6 @@ def test_writes_timings_per_stage_and_step_and_a_playable_video(model, tmp_path)
     for rep in result["repeats"]:
         assert len(rep["step_s"]) == 6 and all(s > 0 for s in rep["step_s"])
         assert rep["step_expert"][0] == "transformer" and rep["step_expert"][-1] == "transformer_2"
-        assert rep["total_s"] >= rep["denoise_s"] + rep["vae_decode_s"]
     assert result["summary"]["repeats"] == 2 and result["memory"]["peak_rss_GiB"] > 0
     assert result["quality"]["passed"]
     frames = iio.imread(tmp_path / "t" / "video.mp4")
@@ -94,8 +93,9 @@ def test_probe_mode_predicts_the_clip_and_writes_the_check_output(model, tmp_pat
     probe = result["probe"]
     assert probe["steps"]["transformer"] + probe["steps"]["transformer_2"] == 8
     assert set(probe["step_s"]) == {"transformer", "transformer_2"}
-    assert result["summary"]["predicted"] is True
-    assert result["summary"]["denoise_s"] == pytest.approx(sum(probe["steps"][n] * probe["step_s"][n] for n in probe["step_s"]))
+    summary = result["summary"]
+    assert summary["predicted"] is True and len(summary["samples_s"]) == 3 and 0.05 <= summary["prediction_error"] < 0.5
+    assert len(probe["text_encode_samples_s"]) == len(probe["vae_decode_samples_s"]) == 3  # each predicted clip its own
     assert result["quality"]["passed"] and not (tmp_path / "p" / "video.mp4").exists()
     check = np.load(tmp_path / "p" / "check_output.npz")
     assert set(check.files) == {"transformer", "transformer_2", "vae_frame"} and check["vae_frame"].shape == (1, 48, 64, 3)
