@@ -1,4 +1,4 @@
-"""The ``wan-agent`` command: run, resume, generate, journal.
+"""The ``wan-agent`` command: run, resume, stop, generate, journal.
 
 stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
 stderr. Exit status: 0 done, 1 the run or generation failed, 2 bad input (the message says which
@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent import hardware, playbook, runs
+from agent import hardware, playbook, reuse, runs
 from agent.files import storage_problem
 from agent.sources import SourceError
 from agent.state import RunStopped
@@ -42,9 +43,8 @@ def cmd_run(args) -> int:
     book = runs.with_prompt(playbook.load(name), args.prompt)
     runs_dir = _runs_dir(args)
     if args.reuse:
-        found = runs.find_converged(runs_dir, book.name, info["fingerprint"], book.workload.model_dump())
+        found = reuse.find_converged(runs_dir, reuse.key(book.model_dump(), info, hardware.versions()))
         if found:
-            logger.info("reusing converged run %s (same playbook and hardware); pass --rebench to search again", found)
             print(found)
             return 0
     run_id = runs.start(book, runs_dir)
@@ -55,7 +55,16 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     runs_dir = _runs_dir(args)
-    return _finish(_drive(args.run_id, runs_dir), runs_dir / args.run_id)
+    return _finish(_drive(args.run_id, runs_dir), runs.path_of(runs_dir, args.run_id))
+
+
+def cmd_stop(args) -> int:
+    stopped = runs.stop(args.run_id, _runs_dir(args))
+    if stopped:
+        print(f"stopped {', '.join(stopped)}; `wan-agent resume {args.run_id}` continues the run")
+    else:
+        print(f"run {args.run_id}: nothing was running")
+    return 0
 
 
 def _drive(run_id: str, runs_dir: Path) -> dict:
@@ -95,7 +104,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_journal(args) -> int:
-    path = _runs_dir(args) / args.run_id / "journal.md"
+    path = runs.path_of(_runs_dir(args), args.run_id) / "journal.md"
     if not path.exists():
         raise runs.RunError(f"no journal at {path}")
     sys.stdout.write(path.read_text())
@@ -128,11 +137,19 @@ def parser() -> argparse.ArgumentParser:
     journal = sub.add_parser("journal", help="print a run's journal.md")
     journal.add_argument("run_id")
     journal.set_defaults(func=cmd_journal)
+    stop = sub.add_parser("stop", help="stop a run: its agent and its trial (resume continues it)")
+    stop.add_argument("run_id")
+    stop.set_defaults(func=cmd_stop)
     return p
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does: its trial is stopped too
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stderr,
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wan-agent: cannot write to {_runs_dir(args)}: {problem}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("wan-agent: interrupted; `wan-agent resume RUN_ID` continues the run", file=sys.stderr)
+        print("wan-agent: interrupted (its trial was stopped); `wan-agent resume RUN_ID` continues the run", file=sys.stderr)
         return 130
 
 

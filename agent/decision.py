@@ -8,9 +8,18 @@ from agent import stats
 
 # confirmed / unconfirmed: the probe-mode winner timed once more as a whole clip.
 # changed_workload: it ran only at a smaller size (remediation's last resort): not comparable, never kept.
-# inconclusive: the interval of the gain holds both a slow-down and a min_gain speed-up (the host is too noisy).
+# inconclusive: measured min_gain faster, but the interval of the gain also holds a slow-down (the host is too noisy).
 Verdict = Literal[
-    "baseline", "kept", "reverted", "inconclusive", "failed", "rejected", "skipped", "confirmed", "unconfirmed", "changed_workload"
+    "baseline",
+    "kept",
+    "reverted",
+    "inconclusive",
+    "failed",
+    "rejected",
+    "skipped",
+    "confirmed",
+    "unconfirmed",
+    "changed_workload",
 ]
 # Verdicts that leave the run converged but its figures not fully trusted: the exit status says so.
 UNRESOLVED = ("inconclusive", "unconfirmed")
@@ -60,7 +69,10 @@ def judge(outcome: dict, best: dict | None, min_gain: float, max_relative_error:
                 )
     summary = result["summary"]
     if best is None:
-        return "baseline", f"the reference for every rung: {summary['generate_s']:.3f} s per clip (spread {summary['spread_s']:.3f} s)"
+        return (
+            "baseline",
+            f"the reference for every rung: {summary['generate_s']:.3f} s per clip (spread {summary['spread_s']:.3f} s)",
+        )
     return timing_verdict(best, summary, min_gain)
 
 
@@ -71,9 +83,9 @@ def samples(figures: dict) -> list[float]:
 
 
 def timing_verdict(best: dict, summary: dict, min_gain: float) -> tuple[Verdict, str]:
-    """Kept if surely faster and by at least ``min_gain`` as measured; reverted if surely not by ``min_gain``, or
-    faster by less; inconclusive if the interval of the gain holds both a slow-down and a ``min_gain`` speed-up:
-    the noise of this host cannot tell, so the incumbent stays and the run says so."""
+    """Kept if surely faster and by at least ``min_gain`` as measured; reverted if not faster by ``min_gain`` as
+    measured; inconclusive if it measured ``min_gain`` faster but the interval of the gain also holds a slow-down:
+    the noise of this host cannot tell a win from none, so the incumbent stays and the run says so."""
     best_s, time_s = best["generate_s"], summary["generate_s"]
     g = stats.gain(samples(best), samples(summary))
     figures = (
@@ -81,16 +93,16 @@ def timing_verdict(best: dict, summary: dict, min_gain: float) -> tuple[Verdict,
         f"time saved {g.describe()}"
     )
     bar = f"{100 * min_gain:g} %"
-    if g.low > 0 and g.point >= min_gain:
+    if g.point >= min_gain and g.low > 0:
         return "kept", f"{best_s / time_s:.2f}x faster than the best: {figures}, surely faster and by more than {bar}"
-    if g.high < min_gain:
-        return "reverted", f"not faster by {bar}: {figures}"
+    if g.point >= min_gain:
+        return "inconclusive", (
+            f"the noise cannot tell: {figures} measured faster by more than {bar}, but the interval also holds a "
+            "slow-down; the best stays, and the run reports this verdict as unresolved (measure again on a quieter machine)"
+        )
     if g.low > 0:
         return "reverted", f"faster, but by less than {bar}: {figures}"
-    return "inconclusive", (
-        f"the noise cannot tell: {figures} holds both a slow-down and a gain of {bar}; the best stays, and the run "
-        "reports this verdict as unresolved (measure again on a quieter machine)"
-    )
+    return "reverted", f"not faster by {bar}: {figures}"
 
 
 def repeats_for(baseline: list[float], min_gain: float, fewest: int, most: int) -> tuple[int, str, bool]:

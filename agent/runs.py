@@ -1,7 +1,8 @@
 """Runs on disk: start one, drive or resume its graph, find a converged one to reuse, generate with it.
 
-One agent drives a run at a time (an flock on ``runs/<id>/.lock``). The initial state is saved in
-``start.json`` before the graph starts, so even a run killed before its first checkpoint resumes.
+One agent drives a run at a time (an flock on ``runs/<id>/.lock``, which names its pid for ``stop``). The
+initial state is saved in ``start.json`` before the graph starts, so even a run killed before its first
+checkpoint resumes.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import logging
 import os
 import re
 import secrets
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from agent import sources, trials
+from agent import sources, tmux, trials
 from agent.files import read_json, write_json_atomic
 from agent.graph import compiled
 from agent.journal import Journal
@@ -37,14 +39,66 @@ def context(runs_dir: Path) -> RunContext:
     return RunContext(runs_dir=runs_dir, cache_dir=Path(cache) if cache else runs_dir / ".cache")
 
 
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def path_of(runs_dir: Path, run_id: str) -> Path:
+    """The directory of run ``run_id``, refusing an id that is not a plain name (``../x``, ``a/b``)."""
+    if not RUN_ID.match(run_id) or ".." in run_id:
+        raise RunError(f"{run_id!r} is not a run id (letters, digits, '.', '_', '-'); `ls {runs_dir}` lists the runs")
+    return runs_dir / run_id
+
+
 @contextmanager
 def _lock(run_dir: Path):
+    """Held while an agent drives the run; the file names that agent's pid, for `wan-agent stop`."""
     with open(run_dir / ".lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunError(f"run {run_dir.name} is being driven by another wan-agent process") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
         yield
+
+
+def driver_pid(run_dir: Path) -> int | None:
+    """The pid of the agent driving the run, or None when none holds its lock."""
+    try:
+        with open(run_dir / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                text = f.read().strip()
+                return int(text) if text.isdigit() else None
+            return None
+    except FileNotFoundError:
+        return None
+
+
+def stop(run_id: str, runs_dir: Path, wait_s: float = 60.0) -> list[str]:
+    """Stop run ``run_id``: interrupt the agent driving it (it stops its trial and exits; resume continues), then
+    kill any trial session of the run still alive. Returns what was stopped, in words."""
+    directory = path_of(runs_dir, run_id)
+    if not (directory / "start.json").exists():
+        raise RunError(f"no run {run_id!r} in {runs_dir}; `ls {runs_dir}` lists the runs")
+    stopped = []
+    pid = driver_pid(directory)
+    if pid is not None:
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + wait_s
+        while driver_pid(directory) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if driver_pid(directory) is not None:
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(f"the agent (pid {pid})")
+    for session in tmux.sessions_of(run_id):
+        tmux.kill(session)
+        stopped.append(f"trial session {session}")
+    return stopped
 
 
 def with_prompt(book: Playbook, prompt: str | None) -> Playbook:
@@ -76,7 +130,7 @@ def start(book: Playbook, runs_dir: Path) -> str:
 
 def drive(run_id: str, runs_dir: Path) -> dict:
     """Run the graph for ``run_id`` to its end, from the last checkpoint if there is one; return the final state."""
-    run_dir = runs_dir / run_id
+    run_dir = path_of(runs_dir, run_id)
     initial = read_json(run_dir / "start.json")
     if initial is None:
         raise RunError(f"no run {run_id!r} in {runs_dir} (no start.json); `ls {runs_dir}` lists the runs")
@@ -92,23 +146,6 @@ def drive(run_id: str, runs_dir: Path) -> dict:
         return app.get_state(config).values
 
 
-def find_converged(runs_dir: Path, playbook: str, fingerprint: str, workload: dict) -> str | None:
-    """The newest converged run of ``playbook`` on this hardware with the same workload (prompt aside)."""
-
-    def shape(w: dict) -> dict:
-        return {k: v for k, v in w.items() if k not in ("prompt", "negative_prompt")}
-
-    for best_file in sorted(runs_dir.glob("*/best.yaml"), reverse=True):
-        best = yaml.safe_load(best_file.read_text())
-        if (
-            best.get("playbook") == playbook
-            and best.get("hardware_fingerprint") == fingerprint
-            and shape(best.get("workload", {})) == shape(workload)
-        ):
-            return best_file.parent.name
-    return None
-
-
 def latest_converged(runs_dir: Path) -> str:
     found = sorted(runs_dir.glob("*/best.yaml"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -118,10 +155,12 @@ def latest_converged(runs_dir: Path) -> str:
 
 def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     """Generate ``prompt`` once with the run's best.yaml; return the video's path."""
-    run_dir = runs_dir / run_id
+    run_dir = path_of(runs_dir, run_id)
     if not (run_dir / "best.yaml").exists():
         raise RunError(f"run {run_id!r} has no best.yaml (not converged); resume it with `wan-agent resume {run_id}`")
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    if not isinstance(best, dict) or not isinstance(best.get("knobs"), dict):
+        raise RunError(f"{run_dir / 'best.yaml'} is empty or malformed; `wan-agent resume {run_id}` writes it again")
     book = read_json(run_dir / "start.json")["playbook"]  # type: ignore[index]
     files = sources.resolve(best["model"]["spec"], context(runs_dir).cache_dir, seed=book["model"]["seed"])
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:32] or "prompt"

@@ -24,8 +24,9 @@ import libtmux
 logger = logging.getLogger(__name__)
 
 SOCKET_ENV = "WAN_AGENT_TMUX_SOCKET"
-# Only these reach a trial: the tmux server may have been started by another process with another
-# environment, and secrets (HF_TOKEN, ...) have no business in a trial or on a command line.
+# Only these reach a trial (with what the agent adds: PYTHONPATH, the Inductor cache): the tmux server may have
+# been started by another process with another environment, and secrets (HF_TOKEN, ...) have no business in a
+# trial, its log or a command line. Prefixes cover the CUDA, NCCL, PyTorch and BLAS settings a GPU server needs.
 PASSED_ENV = (
     "PATH",
     "HOME",
@@ -34,14 +35,22 @@ PASSED_ENV = (
     "TMPDIR",
     "PYTHONPATH",
     "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
     "HF_HOME",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
-    "CUDA_VISIBLE_DEVICES",
-    "OMP_NUM_THREADS",
-    "TORCHINDUCTOR_CACHE_DIR",
-    "PYTORCH_CUDA_ALLOC_CONF",
 )
+PASSED_PREFIXES = ("CUDA_", "NCCL_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "OMP_", "MKL_", "OPENBLAS_")
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def passed(variable: str) -> bool:
+    """Whether ``variable`` may reach a trial: on the allow-list, and never one named like a secret."""
+    if any(word in variable.upper() for word in SECRET_WORDS):
+        return False
+    return variable in PASSED_ENV or variable.startswith(PASSED_PREFIXES)
+
+
 # $1 log, $2 exit-code file, then the argv. pipefail makes the status the worker's, not tee's.
 _WRAPPER = 'set -o pipefail; log=$1; rc=$2; shift 2; "$@" 2>&1 | tee -a "$log"; echo $? > "$rc.tmp"; mv "$rc.tmp" "$rc"'
 
@@ -71,17 +80,40 @@ def _session(name: str) -> libtmux.Session | None:
         return None
 
 
+def sessions_of(run_id: str) -> list[str]:
+    """The names of the trial sessions of run ``run_id`` still alive."""
+    prefix = session_name(run_id, "")
+    try:
+        return [s.session_name for s in server().sessions if s.session_name and s.session_name.startswith(prefix)]
+    except libtmux.exc.LibTmuxException:  # no server running
+        return []
+
+
 def is_running(name: str) -> bool:
     return _session(name) is not None
 
 
 def start(name: str, argv: list[str], cwd: Path, log: Path, exit_file: Path, extra_env: dict[str, str] | None = None) -> None:
-    """Start ``argv`` in a new detached session ``name``; its output goes to ``log``."""
-    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    """Start ``argv`` in a new detached session ``name``; its output goes to ``log``. Its environment is the
+    allow-list and ``extra_env``, nothing else: ``env -i`` empties what tmux would hand down (the server's own
+    environment, which is its first client's), and the server's global environment is scrubbed as well, so that
+    a window a person opens in the session does not inherit a token either."""
+    env = {key: value for key, value in os.environ.items() if passed(key)}
     env.update(extra_env or {})
-    command = shlex.join(["bash", "-c", _WRAPPER, "trial", str(log), str(exit_file), *argv])
-    server().new_session(session_name=name, window_command=command, start_directory=str(cwd), environment=env, attach=False)
-    logger.info("trial session %s started (attach: tmux -L %s attach -t %s)", name, server().socket_name, name)
+    assignments = [f"{key}={value}" for key, value in env.items()]
+    command = shlex.join(["env", "-i", *assignments, "bash", "-c", _WRAPPER, "trial", str(log), str(exit_file), *argv])
+    srv = server()
+    srv.new_session(session_name=name, window_command=command, start_directory=str(cwd), attach=False)
+    scrub(srv)
+    logger.info("trial session %s started (attach: tmux -L %s attach -t %s)", name, srv.socket_name, name)
+
+
+def scrub(srv: libtmux.Server) -> None:
+    """Remove every variable outside the allow-list from the tmux server's global environment."""
+    for line in srv.cmd("show-environment", "-g").stdout:
+        variable = line.removeprefix("-").split("=", 1)[0]
+        if variable and not passed(variable):
+            srv.cmd("set-environment", "-g", "-u", variable)
 
 
 def pane_pid(name: str) -> int | None:

@@ -105,6 +105,10 @@ def execute(
             sampler.start()
             try:
                 result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
+            except KeyboardInterrupt:
+                sampler.stop()  # before its CSV is set aside with the attempt
+                _interrupted(session, trial_dir)
+                raise
             finally:
                 summary = sampler.stop()
             died = _died(result, trial_dir)
@@ -127,6 +131,16 @@ def execute(
     if result.outcome != "exited" or result.exit_code != 0:
         outcome["log_tail"] = _log_tail(log)
     return outcome
+
+
+def _interrupted(session: str, trial_dir: Path) -> None:
+    """The agent is being stopped (Ctrl-C, SIGTERM, `wan-agent stop`): stop the trial with it, so that the GPU is
+    free for the next run; resume starts the trial again (this attempt's log kept as ``stdout.interrupted.log``)."""
+    if tmux.read_exit_code(trial_dir / "exit_code") is not None:
+        return  # it finished: resume reads it back
+    logger.warning("interrupted: stopping trial %s", trial_dir.name)
+    tmux.kill(session)
+    set_aside(trial_dir, "interrupted")
 
 
 class _Progress:

@@ -8,6 +8,7 @@ import time
 import yaml
 from langgraph.runtime import Runtime
 
+from agent import reuse
 from agent.decision import UNRESOLVED
 from agent.files import write_text_atomic
 from agent.nodes import journal, run_dir
@@ -25,6 +26,7 @@ def best_config(state: AgentState) -> dict:
         "run_id": state["run_id"],
         "playbook": book["name"],
         "hardware_fingerprint": state["hardware"]["fingerprint"],
+        "reuse_key": reuse.key(book, state["hardware"], state["environment"]),
         "device": book["device"],
         "model": state["model"],
         "workload": best.get("workload") or book["workload"],

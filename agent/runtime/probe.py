@@ -82,7 +82,12 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
     state = latents.float()  # the pipeline keeps its latents in float32 between steps
     warmup = max(measure.warmup, 1)  # at least one untimed step: first calls compile, autotune, allocate
     count = measure.probe_steps
-    report: dict = {"steps": {name: len(ts) for name, ts in split.items()}, "step_s": {}, "first_step_s": {}, "step_samples_s": {}}
+    report: dict = {
+        "steps": {name: len(ts) for name, ts in split.items()},
+        "step_s": {},
+        "first_step_s": {},
+        "step_samples_s": {},
+    }
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             if not split[name]:

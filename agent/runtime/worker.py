@@ -9,6 +9,7 @@ failed (the reason is in result.json), 2 the trial.json itself is invalid.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -171,6 +172,7 @@ def run(config: TrialConfig) -> dict:
         "prompt": config.workload.prompt,  # as the model received it, for the verbatim check
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "versions": versions(),
+        "environment": sorted(os.environ),  # names only: what reached the trial (never a secret's value)
         "stages": stages,
         "setup": setup,
         **measured,

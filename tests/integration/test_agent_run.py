@@ -2,6 +2,8 @@
 
 import json
 import os
+import secrets
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -14,6 +16,7 @@ from agent import tmux
 from agent.quality import relative_error
 from tests.conftest import ROOT, small_playbook, wan_agent, write_playbook
 
+TOKEN = "hf_canary" + secrets.token_hex(12)  # in the agent's environment; must reach no trial, log or journal
 EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOME\nsecond line\ttab'
 
 
@@ -21,7 +24,8 @@ EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOM
 def converged(tmp_path_factory):
     base = tmp_path_factory.mktemp("agent")
     book = write_playbook(base / "tiny-test.yaml", small_playbook())
-    done = wan_agent("run", "--playbook", str(book), runs_dir=base / "runs")
+    secrets_env = os.environ | {"HF_TOKEN": TOKEN, "MODELSCOPE_API_TOKEN": TOKEN}
+    done = wan_agent("run", "--playbook", str(book), runs_dir=base / "runs", env=secrets_env)
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.strip()
     return base, base / "runs", run_id
@@ -138,6 +142,42 @@ def test_reuse_returns_the_converged_run_without_searching(converged):
     done = wan_agent("run", "--playbook", str(base / "tiny-test.yaml"), "--reuse", runs_dir=runs)
     assert done.returncode == 0 and done.stdout.strip() == run_id
     assert "reusing converged run" in done.stderr
+
+
+def test_no_token_reaches_a_trial_its_log_or_the_journal(converged):
+    _, runs, run_id = converged
+    for path in (runs / run_id).rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for result in (runs / run_id / "trials").glob("*/result.json"):
+        seen = json.loads(result.read_text())["environment"]
+        assert "PATH" in seen and not {"HF_TOKEN", "MODELSCOPE_API_TOKEN"} & set(seen)
+
+
+def test_reuse_says_why_a_run_is_passed_over_and_skips_a_broken_best_yaml(converged):
+    base, runs, run_id = converged
+    upgraded, broken = runs / f"{run_id}-upgraded", runs / f"{run_id}-zz-broken"
+    shutil.copytree(runs / run_id, upgraded)
+    best = yaml.safe_load((upgraded / "best.yaml").read_text())
+    best["reuse_key"]["versions"]["torch"] = "0.1"
+    (upgraded / "best.yaml").write_text(yaml.safe_dump(best))
+    broken.mkdir()
+    (broken / "best.yaml").write_text("")
+    try:
+        done = wan_agent("run", "--playbook", str(base / "tiny-test.yaml"), "--reuse", runs_dir=runs)
+    finally:
+        shutil.rmtree(upgraded)
+        shutil.rmtree(broken)
+    assert done.returncode == 0 and done.stdout.strip() == run_id, done.stderr
+    assert f"not reusing run {upgraded.name}: torch 0.1 -> " in done.stderr
+    assert "best.yaml: not a converged configuration" in done.stderr
+
+
+def test_run_ids_are_names_not_paths(converged):
+    _, runs, _ = converged
+    for args in (["journal", "../.."], ["resume", "../x"], ["generate", "--run", "../../etc", "--prompt", "x"], ["stop", "a/b"]):
+        done = wan_agent(*args, runs_dir=runs)
+        assert done.returncode == 2 and "is not a run id" in done.stderr, (args, done.stderr)
 
 
 def test_a_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(converged, tmp_path):

@@ -168,3 +168,35 @@ def test_sigkill_while_the_model_is_being_built_then_resume(tmp_path):
     events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
     assert [e["key"] for e in events if e["kind"] == "fetch"] == ["fetch"]
     assert [e["name"] for e in events if e["kind"] == "decision"] == ["00-baseline", "01-fp8", "02-lightning"]
+
+
+def _group_alive(pgid: int | None) -> bool:
+    try:
+        os.killpg(pgid, 0) if pgid else None
+        return pgid is not None
+    except ProcessLookupError:
+        return False
+
+
+def test_ctrl_c_and_stop_take_the_trial_down_and_resume_finishes(tmp_path):
+    runs = tmp_path / "runs"
+    agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
+    worker = tmux.pane_pid(session)
+    agent.send_signal(signal.SIGINT)  # Ctrl-C
+    assert agent.wait(timeout=60) == 130
+    assert not tmux.sessions_of(run_id) and not _group_alive(worker), "the trial no longer holds the machine"
+    assert (trial / "stdout.interrupted.log").exists() and not (trial / "exit_code").exists()
+
+    resumed = subprocess.Popen([*WAN_AGENT, "--runs-dir", str(runs), "resume", run_id], cwd=ROOT, stderr=subprocess.DEVNULL)
+    wait_for(lambda: bool(tmux.sessions_of(run_id)), 300, "the resumed run's trial")
+    worker = tmux.pane_pid(tmux.sessions_of(run_id)[0])
+    stopped = wan_agent("stop", run_id, runs_dir=runs)
+    assert stopped.returncode == 0 and f"the agent (pid {resumed.pid})" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert resumed.wait(timeout=60) == 130
+    assert not tmux.sessions_of(run_id) and not _group_alive(worker)
+
+    done = wan_agent("resume", run_id, runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
+    assert [e["name"] for e in events if e["kind"] == "decision"] == ["00-baseline", "01-fp8", "02-lightning"]
+    assert wan_agent("stop", run_id, runs_dir=runs).stdout.strip().endswith("nothing was running")

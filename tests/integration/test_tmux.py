@@ -1,5 +1,7 @@
 """Trial sessions on a real tmux server (the test session's own socket)."""
 
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -52,6 +54,25 @@ def test_a_session_killed_from_outside_is_lost(tmp_path):
     subprocess.run(["tmux", "-L", tmux.server().socket_name, "kill-session", "-t", "t-lost"], check=True)
     result = tmux.wait("t-lost", log, exit_file, 30, 10, poll_s=0.1)
     assert result.outcome == "lost" and result.exit_code is None
+
+
+def test_a_trial_sees_only_the_allow_list_even_from_a_server_started_with_a_token(tmp_path, monkeypatch):
+    token = "hf_canary_" + secrets.token_hex(8)
+    socket = f"wan-agent-env-{secrets.token_hex(4)}"
+    monkeypatch.setenv(tmux.SOCKET_ENV, socket)
+    monkeypatch.setenv("HF_TOKEN", token)  # the agent's own environment holds it too
+    dirty = os.environ | {"MODELSCOPE_API_TOKEN": token, "CUDA_API_KEY": token, "UNLISTED": "x"}
+    # Another process, with secrets in its environment, started the tmux server first.
+    subprocess.run(["tmux", "-L", socket, "new-session", "-d", "-s", "other", "sleep 60"], env=dirty, check=True)
+    try:
+        result, log = run(tmp_path, "t-env", ["env"])
+        seen = dict(line.split("=", 1) for line in log.read_text().splitlines() if "=" in line)
+        server_env = subprocess.run(["tmux", "-L", socket, "show-environment", "-g"], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
+    assert result.exit_code == 0 and seen["PATH"] == os.environ["PATH"]
+    assert token not in log.read_text() and token not in server_env
+    assert not {"HF_TOKEN", "MODELSCOPE_API_TOKEN", "CUDA_API_KEY", "UNLISTED", "TMUX"} & seen.keys()
 
 
 def test_session_names_are_safe_for_tmux():
