@@ -6,6 +6,7 @@ it on the trial's own shape, which the worker does.
 
 from __future__ import annotations
 
+from agent import gpu_map
 from agent.runtime.config import Knobs
 
 FP8_COMPUTE_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: FP8 tensor cores
@@ -19,7 +20,8 @@ def _capability(gpu: dict) -> tuple[int, int]:
 
 def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     """Why ``knobs`` cannot run on ``hardware`` with the playbook's ``device`` setting, or None."""
-    gpus = hardware.get("gpus", []) if device != "cpu" else []
+    index = gpu_map.trial_gpu(hardware)  # the GPU a trial computes on: CUDA_VISIBLE_DEVICES may pick an older one
+    gpus = [g for g in hardware.get("gpus", []) if g["index"] == index] if device != "cpu" else []
     if device == "cuda" and not gpus:
         return "the playbook asks for a CUDA GPU and this machine has none"
     found = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in gpus) or "no GPU"

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent.state import RunStopped
@@ -53,6 +55,22 @@ def check_room(directory: Path, need_bytes: int) -> None:
     except OSError as err:
         if err.errno in STORAGE_ERRNOS:
             raise StorageError(f"{directory}: {err.strerror}") from err
+        raise
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write (same suffix, for writers that pick a format by it); once the block
+    ends it is fsynced and renamed over ``path``, so a reader sees the whole file or none; on an error it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

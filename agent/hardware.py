@@ -59,6 +59,7 @@ def _gpus() -> tuple[list[dict], str | None]:
             {
                 "index": i,
                 "name": pynvml.nvmlDeviceGetName(handle),
+                "uuid": pynvml.nvmlDeviceGetUUID(handle),
                 "driver": driver,
                 "memory_GiB": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1),
                 "compute_capability": f"{major}.{minor}",

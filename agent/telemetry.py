@@ -44,9 +44,9 @@ def watched_whole(summary: dict) -> bool:
 
 
 class Nvml:
-    """One GPU through nvidia-ml-py; ``error`` says why it is unavailable, if it is."""
+    """One GPU through nvidia-ml-py, by NVML index or UUID ("GPU-..."); ``error`` says why it is unavailable."""
 
-    def __init__(self, index: int = 0):
+    def __init__(self, device: int | str = 0):
         self.handle = None
         self.error: str | None = None
         self._energy0_mJ: int | None = None
@@ -54,7 +54,10 @@ class Nvml:
             import pynvml
 
             pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            if isinstance(device, str):
+                self.handle = pynvml.nvmlDeviceGetHandleByUUID(device)
+            else:
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device)
             self.nvml = pynvml
         except Exception as err:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
             self.error = f"{type(err).__name__}: {err}"
@@ -126,8 +129,8 @@ class SharingWatch:
     """Run inside the worker: which other processes held its GPU while it ran. The agent's sampler sees only
     the part of a trial it watched (not what happened while the agent was down); this record covers it all."""
 
-    def __init__(self, gpu_index: int = 0, interval_s: float = 1.0):
-        self.nvml, self.interval_s = Nvml(gpu_index), interval_s
+    def __init__(self, gpu: int | str = 0, interval_s: float = 1.0):
+        self.nvml, self.interval_s = Nvml(gpu), interval_s
         self.others: dict[int, dict] = {}
         self.samples = self.shared_samples = 0
         self._stop = threading.Event()
@@ -161,9 +164,9 @@ class SharingWatch:
 class Sampler:
     """Samples in a background thread from ``start()`` to ``stop()``; ``worker_pid`` gives the process tree to watch."""
 
-    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5, gpu_index: int = 0):
+    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5, gpu: int | str = 0):
         self.csv_path, self.worker_pid, self.interval_s = csv_path, worker_pid, interval_s
-        self.nvml = Nvml(gpu_index)
+        self.nvml = Nvml(gpu)
         self.rows: list[dict] = []
         self.write_error: str | None = None
         self._stop = threading.Event()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import agent
-from agent import telemetry, tmux
+from agent import gpu_map, telemetry, tmux
 from agent.files import read_json, write_json_atomic
 from agent.runtime.config import TrialConfig
 
@@ -67,7 +67,7 @@ def _start(session: str, trial_dir: Path) -> None:
     argv = [sys.executable, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
     # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(trial_dir.parent.parent / "inductor-cache")
-    env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache}
+    env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER}
     tmux.start(session, argv, trial_dir, trial_dir / "stdout.log", trial_dir / "exit_code", extra_env=env)
 
 
@@ -82,9 +82,16 @@ def _died(result: tmux.SessionResult, trial_dir: Path) -> str | None:
 
 
 def execute(
-    run_id: str, trial_dir: Path, deadline_s: float, idle_timeout_s: float, poll_s: float = 0.5, telemetry_interval_s: float = 0.5
+    run_id: str,
+    trial_dir: Path,
+    deadline_s: float,
+    idle_timeout_s: float,
+    poll_s: float = 0.5,
+    telemetry_interval_s: float = 0.5,
+    gpu: int | None = None,
 ) -> dict:
-    """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data."""
+    """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data. ``gpu`` is
+    the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler."""
     session = tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
     reattached, reruns = False, []
@@ -100,7 +107,9 @@ def execute(
                 logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
             else:
                 _start(session, trial_dir)
-            sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s)
+            sampler = telemetry.Sampler(
+                trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s, gpu=gpu or 0
+            )
             progress = _Progress(trial_dir.name, log)
             sampler.start()
             try:

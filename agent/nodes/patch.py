@@ -1,8 +1,10 @@
-"""patch: choose the attention implementation and record why.
+"""patch: make the baseline's attention run on this machine, and record which backend the trials use and why.
 
-diffusers' WanPipeline dispatches attention to PyTorch SDPA ("native") unless told otherwise, so a
-missing FlashAttention needs no patch there; the record says which backend the trials use. The
-official ``wan22`` code, which hard-needs flash_attn, is patched here when its runtime arrives.
+diffusers' WanPipeline dispatches attention to PyTorch SDPA ("native") unless told otherwise. A baseline that
+asks for another backend (flash, FA3, sage, ...) whose package is missing or that needs a download would fail
+every trial: it is patched to SDPA here, and the journal says so. Whether a backend that imports also runs on
+the trial's shape is probed by the worker before each use (agent/runtime/attention.py). The official ``wan22``
+code, which hard-needs flash_attn, is patched here when its runtime arrives.
 """
 
 from __future__ import annotations
@@ -13,23 +15,39 @@ import logging
 from langgraph.runtime import Runtime
 
 from agent.nodes import journal
+from agent.runtime.attention import requirement_problem
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
 
+FALLBACK = "native"  # PyTorch SDPA: on every machine torch runs on; it picks flash/cuDNN/math kernels itself
+
 
 def patch(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    has_flash = importlib.util.find_spec("flash_attn") is not None
-    attention = {
-        "backend": "native",
-        "flash_attn_installed": has_flash,
-        "reason": (
-            "flash_attn is installed, but diffusers' default dispatch (PyTorch SDPA) is the baseline; "
-            "other backends are rungs to measure"
-            if has_flash
-            else "flash_attn is not installed: diffusers falls back to PyTorch SDPA (native backend); nothing to patch"
-        ),
-    }
+    book = state["playbook"]
+    requested = book["baseline"]["attention"]
+    problem = None if requested == FALLBACK else requirement_problem(requested)
+    flash = "installed" if importlib.util.find_spec("flash_attn") is not None else "not installed"
+    attention = {"requested": requested, "backend": requested if problem is None else FALLBACK, "flash_attn": flash}
+    if problem is not None:
+        attention["reason"] = (
+            f"the baseline asks for attention backend `{requested}`, which cannot run here ({problem}); patched to "
+            f"`{FALLBACK}` (PyTorch SDPA), which every machine has. Rungs that set a backend are probed before use"
+        )
+        logger.warning("attention: %s", attention["reason"])
+    elif requested == FALLBACK:
+        attention["reason"] = (
+            f"the baseline uses `{FALLBACK}` (PyTorch SDPA, diffusers' default dispatch; flash_attn {flash}): nothing to "
+            "patch. Other backends are rungs, each probed on the trial's shape before use"
+        )
+    else:
+        attention["reason"] = (
+            f"the baseline uses attention backend `{requested}`: its package is present; the worker probes it on the "
+            "trial's shape (runs, agrees with SDPA) before the first trial"
+        )
     logger.info("attention: %s", attention["reason"])
     journal(state, runtime).record("patch", key="patch", attention=attention)
-    return {"attention": attention}
+    update: dict = {"attention": attention}
+    if problem is not None:
+        update["playbook"] = book | {"baseline": book["baseline"] | {"attention": FALLBACK}}
+    return update

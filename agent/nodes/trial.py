@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from langgraph.runtime import Runtime
 
-from agent import contention, trials
+from agent import contention, gpu_map, trials
 from agent.decision import failure_reason
 from agent.files import STORAGE_MESSAGES, StorageError, check_room, storage_problem
 from agent.nodes import journal
@@ -21,8 +21,9 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     candidate, timeouts = state["candidate"], state["playbook"]["timeouts"]
     assert candidate is not None  # the router only comes here with a candidate
     trial_dir = Path(candidate["dir"])
+    index = gpu_map.trial_gpu(state["hardware"])
     for attempt in (1, 2):
-        gpu = _check_gpu(state, trial_dir) if trials.will_start(state["run_id"], trial_dir) else None
+        gpu = _check_gpu(state, trial_dir, index) if trials.will_start(state["run_id"], trial_dir) else None
         try:
             outcome = trials.execute(
                 state["run_id"],
@@ -31,6 +32,7 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 timeouts["idle_timeout_s"],
                 runtime.context.poll_s,
                 runtime.context.telemetry_interval_s,
+                index,
             )
         except OSError as err:
             problem = storage_problem(err)
@@ -74,15 +76,15 @@ def _shared_during(outcome: dict) -> str | None:
     return "; ".join(seen) or None
 
 
-def _check_gpu(state: AgentState, trial_dir: Path) -> dict | None:
-    """Before a trial on a GPU: wait for other processes to leave it; refuse or flag if they do not."""
-    if not state["hardware"].get("gpus") or state["playbook"]["device"] == "cpu":
+def _check_gpu(state: AgentState, trial_dir: Path, index: int | None) -> dict | None:
+    """Before a trial on a GPU (NVML index ``index``): wait for other processes to leave it; refuse or flag if they do not."""
+    if index is None or state["playbook"]["device"] == "cpu":
         return None
     rule = state["playbook"]["busy_gpu"]
-    others, seen = contention.wait_for_gpu(0, rule["wait_s"])
+    others, seen = contention.wait_for_gpu(index, rule["wait_s"])
     if others and rule["then"] == "refuse":
         raise contention.GpuBusy(
-            f"GPU 0 is {seen} (waited {rule['wait_s']:.0f} s before trial {trial_dir.name}); figures measured next to it "
+            f"GPU {index} is {seen} (waited {rule['wait_s']:.0f} s before trial {trial_dir.name}); figures measured next to it "
             "would not be this machine's. Free the GPU, or set `busy_gpu: {then: flag}` in the playbook to measure "
             "anyway with the figures flagged"
         )

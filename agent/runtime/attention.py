@@ -26,6 +26,22 @@ def known_backends() -> list[str]:
     return [b.value for b in AttentionBackendName]
 
 
+def requirement_problem(name: str) -> str | None:
+    """Why backend ``name`` cannot run here whatever the shape (unknown, needs a download, its package missing), or
+    None when only a probe on the trial's shape can tell. Cheap: no kernel runs."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    if name not in known_backends():
+        return f"unknown backend; diffusers offers: {', '.join(known_backends())}"
+    if name.endswith(OFFLINE_UNUSABLE_SUFFIX):
+        return "downloads its kernel from the Hub at first use; not possible offline"
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except (RuntimeError, ImportError) as err:
+        return str(err).splitlines()[0][:300]
+    return None
+
+
 def self_attention_shape(transformer_config: dict, height: int, width: int, frames: int) -> tuple[int, int, int, int]:
     """(batch, tokens, heads, head_dim) of the DiT's self-attention for a clip of this size."""
     t, h, w = transformer_config["patch_size"]
@@ -39,10 +55,9 @@ def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, devic
     from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend, dispatch_attention_fn
 
     report: dict = {"backend": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "tolerance": TOLERANCE}
-    if name not in known_backends():
-        return report | {"usable": False, "reason": f"unknown backend; diffusers offers: {', '.join(known_backends())}"}
-    if name.endswith(OFFLINE_UNUSABLE_SUFFIX):
-        return report | {"usable": False, "reason": "downloads its kernel from the Hub at first use; not possible offline"}
+    problem = requirement_problem(name)
+    if problem is not None:
+        return report | {"usable": False, "reason": problem}
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
     reference = dispatch_attention_fn(q, k, v, backend=AttentionBackendName.NATIVE)

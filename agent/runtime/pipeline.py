@@ -60,7 +60,10 @@ def _apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
         return
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_COMPUTE_MIN_CAPABILITY:
         raise UnsupportedOnHardware(f"fp8={knobs.fp8} needs CUDA compute capability >= 8.9; this device is {device}")
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+    except ImportError as err:  # the playbook's fp8-compute rule falls back to layerwise storage on this message
+        raise BackendUnavailable(f"fp8={knobs.fp8} needs torchao, which does not import ({err}): pip install -e '.[fp8]'") from err
 
     granularity = PerRow() if knobs.fp8 == "torchao_row" else PerTensor()
     for expert in experts(pipe):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.files import write_json_atomic
+from agent.files import atomic_path, write_json_atomic
 from agent.hardware import versions
 from agent.runtime.config import TrialConfig
 
@@ -28,6 +28,13 @@ logger = logging.getLogger("agent.worker")
 RESULT_FILE = "result.json"
 CHECK_FILE = "check_output.npz"  # each expert's output on a fixed input (same-function check)
 VAE_CHECK = "vae_frame"  # in CHECK_FILE beside the experts': one fixed latent frame, decoded
+
+
+def nvml_id(device) -> str | int:
+    """The NVML name of a torch device: its UUID, whatever CUDA_VISIBLE_DEVICES renumbered (0 on the CPU)."""
+    import torch
+
+    return f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else 0
 
 
 def _peak_memory(device) -> dict[str, float]:
@@ -67,8 +74,10 @@ def _fidelity(config: TrialConfig, out: Path) -> dict:
 def _save_clip(frames: np.ndarray, out: Path, fps: int) -> None:
     import imageio.v2 as imageio
 
-    imageio.mimwrite(out / "video.mp4", list(frames), fps=fps, quality=5, macro_block_size=16)  # type: ignore[arg-type]
-    np.save(out / "frames.npy", frames)
+    with atomic_path(out / "video.mp4") as video:
+        imageio.mimwrite(video, list(frames), fps=fps, quality=5, macro_block_size=16)  # type: ignore[arg-type]
+    with atomic_path(out / "frames.npy") as array:
+        np.save(array, frames)
 
 
 def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
@@ -88,7 +97,7 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
             logger.info("%s %d/%d took %.3f s", label, i + 1, count, made[-1].total_s)
         return made
 
-    nvml = Nvml()
+    nvml = Nvml(nvml_id(device))
     warmups = clips("warm-up", config.measurement.warmup)
     energy_start = nvml.sample().get("energy_J")
     timed = clips("repeat", config.measurement.repeats)
@@ -143,7 +152,7 @@ def run(config: TrialConfig) -> dict:
 
     out = Path(config.output_dir)
     device = pipeline.pick_device(config.device)
-    sharing = SharingWatch(device.index or 0).start() if device.type == "cuda" else None
+    sharing = SharingWatch(nvml_id(device)).start() if device.type == "cuda" else None
     logger.info("device %s; %s; %s mode", device, config.knobs.describe(), config.measurement.mode)
     pipe, stages, setup = pipeline.build(config, device)
     logger.info("ready in %.1f s (offload: %s, %s)", sum(stages.values()), setup["offload"], setup["offload_reason"])
@@ -158,7 +167,8 @@ def run(config: TrialConfig) -> dict:
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))
     check[VAE_CHECK] = probe.check_decode(pipe, config, device)
-    np.savez(out / CHECK_FILE, **check)  # type: ignore[arg-type]
+    with atomic_path(out / CHECK_FILE) as check_file:
+        np.savez(check_file, **check)  # type: ignore[arg-type]
     check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
     if config.measurement.mode == "probe":
         measured = _probe(pipe, config, device, positive, negative)

@@ -175,3 +175,41 @@ def test_a_process_that_takes_the_gpu_mid_trial_is_seen_and_the_trial_measured_a
         assert (trial_dir / "stdout.shared.log").is_file() and not (trial_dir / "result.json").exists()
     finally:
         holder.kill()
+
+
+@pytest.mark.skipif(not FP8_CAPABLE, reason="FP8 compute needs compute capability >= 8.9")
+def test_fp8_compute_without_torchao_falls_back_to_fp8_storage(tmp_path):
+    shim = tmp_path / "shim" / "torchao"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('torchao hidden by the test')\n")
+    book = small_playbook(device="cuda")
+    book["ladder"] = [{"name": "fp8", "hypothesis": "FP8 compute.", "set": {"fp8": "torchao_row"}}]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(shim.parent), os.environ.get("PYTHONPATH")]))}
+    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "b.yaml", book)), runs_dir=tmp_path / "runs", env=env)
+    assert done.returncode in (0, 3), done.stderr
+    run_dir = tmp_path / "runs" / done.stdout.strip()
+    events = [yaml.safe_load(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
+    assert decisions["01-fp8"]["verdict"] == "skipped" and "needs torchao" in decisions["01-fp8"]["reason"]
+    assert decisions["02-fp8-fp8-compute-1"]["knobs"]["fp8"] == "layerwise"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_nvml_watches_the_gpu_cuda_visible_devices_gives_a_process(tmp_path):
+    from agent import hardware
+    from agent.telemetry import Nvml
+
+    code = (
+        "import time, torch; from agent.runtime import worker; x = torch.ones(2**28, device='cuda'); "
+        "print(worker.nvml_id(torch.device('cuda')), flush=True); time.sleep(60)"
+    )
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2])
+    try:
+        uuid = proc.stdout.readline().strip()
+        gpus = hardware.probe()["gpus"]
+        assert uuid == gpus[1]["uuid"]
+        assert proc.pid in {p["pid"] for p in Nvml(uuid).processes()}
+        assert proc.pid not in {p["pid"] for p in Nvml(0).processes()}
+    finally:
+        proc.kill()

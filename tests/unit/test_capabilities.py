@@ -1,10 +1,10 @@
 from agent.capabilities import cannot_run
 from agent.runtime.config import Knobs
 
-H100 = {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}]}
-A100 = {"gpus": [{"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}]}
+H100 = {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "index": 0}]}
+A100 = {"gpus": [{"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "index": 0}]}
 CPU_ONLY = {"gpus": []}
-B200 = {"gpus": [{"name": "NVIDIA B200", "compute_capability": "10.0"}]}
+B200 = {"gpus": [{"name": "NVIDIA B200", "compute_capability": "10.0", "index": 0}]}
 
 
 def test_fp8_compute_needs_fp8_tensor_cores():
@@ -27,3 +27,21 @@ def test_fp4_compute_needs_blackwell():
     reason = cannot_run(Knobs(fp4="nvfp4"), H100, "auto")
     assert "compute capability >= 10.0" in reason and "H100" in reason
     assert cannot_run(Knobs(fp4="nvfp4"), B200, "auto") is None
+
+
+def test_the_gpu_checked_is_the_one_cuda_visible_devices_gives_the_trial(monkeypatch):
+    mixed = {"gpus": [H100["gpus"][0], A100["gpus"][0] | {"index": 1}]}
+    assert cannot_run(Knobs(fp8="torchao_row"), mixed, "auto") is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert "A100" in cannot_run(Knobs(fp8="torchao_row"), mixed, "auto")
+
+
+def test_the_fp8_compute_rule_matches_what_the_worker_says_without_torchao():
+    from agent.playbook import load
+    from agent.remediation import next_fix
+
+    said = "worker exited with status 1: BackendUnavailable: fp8=torchao_row needs torchao, which does not import"
+    failed = {"verdict": "skipped", "reason": said, "rung": "fp8", "set": {"fp8": "torchao_row"}}
+    rules = [r.model_dump() for r in load("a14b").remediation]
+    rule, step = next_fix(failed, rules)
+    assert rule["name"] == "fp8-compute" and rule["changes"][step] == {"fp8": "layerwise"}
