@@ -63,7 +63,8 @@ def _apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
     except ImportError as err:  # the playbook's fp8-compute rule falls back to layerwise storage on this message
-        raise BackendUnavailable(f"fp8={knobs.fp8} needs torchao, which does not import ({err}): pip install -e '.[fp8]'") from err
+        fix = "pip install -e '.[fp8]'"
+        raise BackendUnavailable(f"fp8={knobs.fp8} needs torchao, which does not import ({err}): {fix}") from err
 
     granularity = PerRow() if knobs.fp8 == "torchao_row" else PerTensor()
     for expert in experts(pipe):

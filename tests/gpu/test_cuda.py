@@ -204,7 +204,8 @@ def test_nvml_watches_the_gpu_cuda_visible_devices_gives_a_process(tmp_path):
         "print(worker.nvml_id(torch.device('cuda')), flush=True); time.sleep(60)"
     )
     env = os.environ | {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2])
+    root = Path(__file__).parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
     try:
         uuid = proc.stdout.readline().strip()
         gpus = hardware.probe()["gpus"]
