@@ -47,9 +47,9 @@ def failure_reason(outcome: dict) -> str | None:
     return None
 
 
-def judge(outcome: dict, best: dict | None, min_gain: float, max_relative_error: float | None = None) -> tuple[Verdict, str]:
+def judge(outcome: dict, best: dict | None, min_gain: float, fidelity_gate: dict | None = None) -> tuple[Verdict, str]:
     """Decide on a finished trial. ``best`` is the current best trial's record (None before the baseline);
-    ``max_relative_error`` is given for same-function rungs, whose output must match the baseline's."""
+    ``fidelity_gate`` (agent.gates.check) is given for same-function rungs, whose output must match the reference's."""
     failed = failure_reason(outcome)
     if failed:
         error_type = ((outcome.get("result") or {}).get("error") or {}).get("type")
@@ -57,16 +57,8 @@ def judge(outcome: dict, best: dict | None, min_gain: float, max_relative_error:
     result = outcome["result"]
     if not result["quality"]["passed"]:
         return "rejected", "output is broken, not slow: " + "; ".join(result["quality"]["reasons"])
-    errors: dict[str, float] = (result.get("fidelity") or {}).get("relative_error") or {}
-    if max_relative_error is not None and best is not None:
-        if not errors:
-            return "rejected", "same-function rung without a fidelity measurement against the baseline"
-        for name, error in errors.items():
-            if not error <= max_relative_error:  # NaN fails too
-                return "rejected", (
-                    f"computes a different function: {name}'s output differs from the baseline's by "
-                    f"{error:.1e} (relative), more than {max_relative_error:.0e}"
-                )
+    if fidelity_gate is not None and best is not None and not fidelity_gate["passed"]:
+        return "rejected", fidelity_gate["reason"]
     summary = result["summary"]
     if best is None:
         return (

@@ -103,13 +103,27 @@ def _quality(decision: dict) -> str:
     if "std" in q:
         text += f" (pixel std {q['std']:.3f}, mean change between frames {q['temporal_diff'] or 0:.4f})"
     if fid.get("relative_error"):
-        errors = ", ".join(f"{name} {error:.1e}" for name, error in fid["relative_error"].items())
-        text += f". Against {fid.get('reference', 'the baseline')}: transformer output relative error {errors}"
+        worst: dict[str, float] = {}
+        for point, error in fid["relative_error"].items():
+            expert = point.split("@")[0]
+            worst[expert] = max(worst.get(expert, 0.0), error)
+        errors = ", ".join(f"{name} {error:.1e}" for name, error in worst.items())
+        reference = fid.get("reference", "the baseline")
+        text += f". Against {reference}: transformer output relative error (worst of its timesteps) {errors}"
         if fid.get("comparable"):
             text += f"; frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}"
         if (fid.get("vae_frame") or {}).get("comparable"):
             vae = fid["vae_frame"]
-            text += f"; one decoded latent frame PSNR {vae['psnr_dB']:.1f} dB, SSIM {vae['ssim']:.3f} (recorded, not gated)"
+            text += f"; the decoded check frame PSNR {vae['psnr_dB']:.1f} dB, SSIM {vae['ssim']:.3f}"
+    if decision.get("fidelity_gate"):
+        text += f". Gate: {decision['fidelity_gate']['reason']}"
+    if fid.get("noise"):
+        noise = fid["noise"]
+        experts = ", ".join(f"{k} {v:.1e}" for k, v in noise.items() if k.startswith("transformer"))
+        text += (
+            f". Numerical noise (output moved by a {noise['perturbation']:.1e} input perturbation): {experts}; decoded frame "
+            f"{noise['vae_frame_psnr_dB']:.1f} dB"
+        )
     return text + "."
 
 

@@ -92,8 +92,10 @@ class Limits(Strict):
 
 class Decision(Strict):
     min_gain: float = Field(default=0.02, ge=0, lt=1)  # a rung must also beat the best by this fraction
-    # Same-function rungs: largest relative error of either expert's output against the baseline's. FP8 lands
-    # at 2-5 % on the A14B (docs/benchmarks.md); beyond 10 % the rung computes something else.
+    # Same-function rungs stay within this many times the reference's measured numerical noise (agent/gates.py).
+    noise_multiple: float = Field(default=3.0, gt=1)
+    # What a precision trade (FP8, FP4, a lower precision, quantized attention) may cost in relative error of the
+    # experts' output. FP8 lands at 2-5 % on the A14B (docs/benchmarks.md); beyond 10 % it computes something else.
     max_relative_error: float = Field(default=0.1, gt=0)
 
 

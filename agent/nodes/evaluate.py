@@ -6,6 +6,7 @@ import logging
 
 from langgraph.runtime import Runtime
 
+from agent import gates
 from agent.decision import confirm, judge
 from agent.nodes import journal
 from agent.nodes.plan import size
@@ -52,11 +53,12 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     outcome = candidate["outcome"]
     rules = state["playbook"]["decision"]
     same_function = candidate.get("gate") == "fidelity"
+    gate = _fidelity_gate(state, candidate) if same_function else None
     if candidate.get("gate") == "confirm":
         assert best is not None  # plan confirms only a winner
         verdict, reason = confirm(outcome, best)
     else:
-        verdict, reason = judge(outcome, best, rules["min_gain"], rules["max_relative_error"] if same_function else None)
+        verdict, reason = judge(outcome, best, rules["min_gain"], gate)
     verdict, reason = _workload_check(verdict, reason, candidate, best, state["playbook"]["workload"])
     keys = ("index", "name", "rung", "hypothesis", "gate", "set", "remediation", "knobs", "workload", "dir")
     record: dict = {k: candidate.get(k) for k in keys}
@@ -67,6 +69,8 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         record["reruns"] = outcome["reruns"]
     if candidate.get("gpu_check"):
         record["gpu_check"] = candidate["gpu_check"]
+    if gate is not None:
+        record["fidelity_gate"] = gate
     baseline = next((t for t in state.get("trials", []) if t["verdict"] == "baseline"), record)
     if "generate_s" in record and "generate_s" in baseline and record["workload"] == baseline["workload"]:
         record["speedup_vs_baseline"] = baseline["generate_s"] / record["generate_s"]
@@ -82,6 +86,19 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         if verdict == "confirmed":
             update["best"]["confirmation"]["clip_s"] = record["generate_s"]
     return update
+
+
+def _fidelity_gate(state: AgentState, candidate: dict) -> dict | None:
+    """The same-function check of a finished trial against its reference trial (None if it produced no result)."""
+    result = candidate["outcome"].get("result") or {}
+    if result.get("status") != "ok":
+        return None
+    reference = next((t for t in state.get("trials", []) if t["dir"] == candidate.get("reference")), None)
+    if reference is None:
+        return None
+    noise = (reference.get("fidelity") or {}).get("noise")
+    rules = state["playbook"]["decision"]
+    return gates.check(result.get("fidelity") or {}, noise, candidate["knobs"], reference["knobs"], rules)
 
 
 def _workload_check(verdict: str, reason: str, candidate: dict, best: dict | None, playbook_workload: dict) -> tuple:

@@ -129,6 +129,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     )
     check_room(run_dir(state, runtime), trial_bytes(workload))  # stop cleanly here rather than mid-trial
     measurement, measurement_why, too_noisy = measurement_for(book, done, rung)
+    reference = reference_dir(done) if best and rung.get("gate", "fidelity") == "fidelity" else None
     if too_noisy:
         logger.warning("trial %s: %s", name, measurement_why)
     trial_dir = run_dir(state, runtime) / "trials" / name
@@ -143,7 +144,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         lora=LoraFiles(**model["lora"]) if knobs.lightning and model["lora"] else None,
         measurement=measurement,
         output_dir=str(trial_dir),
-        reference_dir=reference_dir(done) if best and rung.get("gate") == "fidelity" else None,
+        reference_dir=reference,
         gpu_memory_fraction=book.limits.gpu_memory_fraction,
         host_memory_GiB=book.limits.host_memory_GiB,
     )
@@ -177,5 +178,6 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             "knobs": knobs.model_dump(),
             "workload": workload.model_dump(),
             "dir": str(trial_dir),
+            "reference": reference,
         },
     }

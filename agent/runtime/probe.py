@@ -17,10 +17,8 @@ import torch
 
 from agent import stats
 from agent.runtime.config import TrialConfig
-from agent.runtime.generate import decode, encode, expert_for
+from agent.runtime.generate import boundary_timestep, decode, encode, expert_for
 from agent.runtime.pipeline import experts
-
-CHECK_TIMESTEPS = {"transformer": 999.0, "transformer_2": 500.0}  # one inside each expert's range
 
 
 def _latents(pipe, config: TrialConfig, device: torch.device, seed: int) -> torch.Tensor:
@@ -143,20 +141,57 @@ def warm_decoder(pipe, config: TrialConfig, device: torch.device) -> list[float]
     return _timed_decodes(pipe, _latents(pipe, config, device, seed=0), device, 2)
 
 
-def check_decode(pipe, config: TrialConfig, device: torch.device) -> np.ndarray:
+def check_timesteps(pipe) -> dict[str, list[float]]:
+    """Three timesteps in each expert's range (its first, middle and last), where the check outputs are taken."""
+    b = float(round(boundary_timestep(pipe)))
+    return {
+        "transformer": [999.0, float(round((999 + b) / 2)), b],
+        "transformer_2": [float(round(f * b)) for f in (0.9, 0.5, 0.1)],
+    }
+
+
+def _perturbed(latents: torch.Tensor, relative: float) -> torch.Tensor:
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(99)).to(latents.device)
+    return (latents.float() * (1 + relative * noise)).to(latents.dtype)
+
+
+def check_decode(pipe, config: TrialConfig, device: torch.device, perturb: float = 0.0) -> np.ndarray:
     """The VAE's decode of one fixed latent frame, as 8-bit pixels (1, H, W, 3): what the VAE rungs (tiling,
     layout, compile) change, which the experts' check outputs cannot show."""
     latents = _latents(pipe, config, device, seed=4321)[:, :, :1]
-    return decode(pipe, latents)[0]
+    return decode(pipe, _perturbed(latents, perturb) if perturb else latents)[0]
 
 
-def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> dict[str, np.ndarray]:
-    """Each expert's output on one fixed input (seeded latents, a fixed timestep in its range, the prompt):
-    the same-function rungs are compared on these against the baseline's."""
+def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> tuple[dict[str, np.ndarray], float]:
+    """Each expert's output on one fixed input (seeded latents, the prompt) at three timesteps in its range, keyed
+    ``expert@timestep``, and the seconds its first call took (compile and autotuning land there). Same-function
+    rungs are compared on these against the reference trial's."""
     latents = _latents(pipe, config, device, seed=1234)
-    outputs = {}
+    outputs, first_s = {}, 0.0
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
-            out = _step(model, latents, CHECK_TIMESTEPS[name], positive, None, 1.0)
-            outputs[name] = out.float().cpu().numpy()
-    return outputs
+            for i, t in enumerate(check_timesteps(pipe)[name]):
+                t0 = time.perf_counter()
+                outputs[f"{name}@{t:g}"] = _step(model, latents, t, positive, None, 1.0).float().cpu().numpy()
+                first_s += time.perf_counter() - t0 if i == 0 else 0.0
+    return outputs, first_s
+
+
+def numerical_noise(pipe, config: TrialConfig, device: torch.device, positive, check: dict[str, np.ndarray]) -> dict:
+    """How far this configuration's check outputs move when their input moves by half a rounding step of its
+    precision: differences of that size are numerics, not another function (on the tiny model in bf16 it equals
+    bf16's own error against fp32). Measured by reference trials; same-function rungs are judged against it."""
+    from agent.quality import fidelity, relative_error
+    from agent.runtime.pipeline import DTYPES
+
+    half_ulp = torch.finfo(DTYPES[config.knobs.precision]).eps / 2
+    latents = _perturbed(_latents(pipe, config, device, seed=1234), half_ulp)
+    noise: dict = {"perturbation": half_ulp}
+    with torch.inference_mode():
+        for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
+            t = check_timesteps(pipe)[name][1]
+            moved = _step(model, latents, t, positive, None, 1.0).float().cpu().numpy()
+            noise[name] = relative_error(moved, check[f"{name}@{t:g}"])
+    frame = check_decode(pipe, config, device, perturb=half_ulp)
+    noise["vae_frame_psnr_dB"] = fidelity(frame / 255.0, check["vae_frame"] / 255.0)["psnr_dB"]
+    return noise

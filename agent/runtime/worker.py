@@ -160,13 +160,13 @@ def run(config: TrialConfig) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     positive, negative, _ = encode(pipe, config, device)
-    t0 = time.perf_counter()
-    check = probe.check_outputs(pipe, config, device, positive)
-    stages["first_forwards_s"] = time.perf_counter() - t0  # each expert's first call: compile and autotune land here
+    check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
     if config.knobs.vae_decode == "compiled":  # compiling the decoder stays out of the timed clips and decodes
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))
     check[VAE_CHECK] = probe.check_decode(pipe, config, device)
+    # A reference trial (the baseline, a distilled rung) measures the numerical noise its followers are judged by.
+    noise = probe.numerical_noise(pipe, config, device, positive, check) if config.reference_dir is None else None
     with atomic_path(out / CHECK_FILE) as check_file:
         np.savez(check_file, **check)  # type: ignore[arg-type]
     check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
@@ -186,7 +186,7 @@ def run(config: TrialConfig) -> dict:
         "stages": stages,
         "setup": setup,
         **measured,
-        "fidelity": _fidelity(config, out),
+        "fidelity": _fidelity(config, out) | ({"noise": noise} if noise else {}),
         "memory": _peak_memory(device) | {"build_" + k: v for k, v in build_memory.items()},
         "gpu_sharing": sharing.stop() if sharing else {"checked": False, "why": "not on a GPU"},
         "config": config.model_dump(),

@@ -63,30 +63,36 @@ def test_repeats_after_the_baseline_come_from_its_spread(converged):
 def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
     measurement = {"mode": "probe", "warmup": 1, "repeats": 2, "probe_steps": 2}
     book = small_playbook(measurement=measurement)
+    # Declared same-function but is not (the distilled LoRA changes what the experts compute): rejected by its gate.
+    lightning = book["ladder"][1]
+    book["ladder"].insert(1, {"name": "mislabelled", "hypothesis": "Same function?", "set": lightning["set"], "gate": "fidelity"})
     # A same-function rung after Lightning is checked against the Lightning trial, not the baseline's other function.
     book["ladder"].append({"name": "vae-tiling", "hypothesis": "Tiles the decode.", "set": {"vae_tiling": True}})
     done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "tiny-probe.yaml", book)), runs_dir=tmp_path / "runs")
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "runs" / done.stdout.strip()
     decisions = {e["name"]: e for e in events(run_dir) if e["kind"] == "decision"}
-    assert list(decisions) == ["00-baseline", "01-fp8", "02-lightning", "03-vae-tiling", "04-confirm"]
-    assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "02-lightning", "03-vae-tiling"))
-    tiling = decisions["03-vae-tiling"]["fidelity"]
-    assert tiling["reference"] == "02-lightning" and max(tiling["relative_error"].values()) < 1e-3
-    assert set(tiling["relative_error"]) == {"transformer", "transformer_2"}  # the decoded frame is recorded apart
+    assert list(decisions) == ["00-baseline", "01-fp8", "02-mislabelled", "03-lightning", "04-vae-tiling", "05-confirm"]
+    assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "03-lightning", "04-vae-tiling"))
+    mislabelled = decisions["02-mislabelled"]
+    assert mislabelled["verdict"] == "rejected" and "computes a different function" in mislabelled["reason"]
+    tiling = decisions["04-vae-tiling"]["fidelity"]
+    assert tiling["reference"] == "03-lightning" and max(tiling["relative_error"].values()) < 1e-3
+    assert {p.split("@")[0] for p in tiling["relative_error"]} == {"transformer", "transformer_2"}
+    assert decisions["04-vae-tiling"]["fidelity_gate"]["bounds"]["vae_frame_psnr_dB"] <= 45  # judged on its frame
     assert tiling["vae_frame"]["comparable"] and tiling["vae_frame"]["psnr_dB"] > 20
-    checks = {n: np.load(run_dir / "trials" / n / "check_output.npz") for n in ("00-baseline", "02-lightning")}
-    assert relative_error(checks["02-lightning"]["transformer"], checks["00-baseline"]["transformer"]) > 1e-2
+    checks = {n: np.load(run_dir / "trials" / n / "check_output.npz") for n in ("00-baseline", "03-lightning")}
+    assert relative_error(checks["03-lightning"]["transformer@999"], checks["00-baseline"]["transformer@999"]) > 1e-2
     journal_text = (run_dir / "journal.md").read_text()
-    assert "Against 02-lightning: transformer output relative error" in journal_text
-    assert "one decoded latent frame PSNR" in journal_text
-    confirm = decisions["04-confirm"]
+    assert "Against 03-lightning: transformer output relative error" in journal_text
+    assert "the decoded check frame PSNR" in journal_text and "Gate: same function within" in journal_text
+    confirm = decisions["05-confirm"]
     assert (
         confirm["verdict"] == "confirmed" and not confirm["predicted"] and "predicted from probe-mode steps" in confirm["reason"]
     )
-    assert (run_dir / "trials" / "04-confirm" / "video.mp4").is_file()
+    assert (run_dir / "trials" / "05-confirm" / "video.mp4").is_file()
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
-    winner = "03-vae-tiling" if decisions["03-vae-tiling"]["verdict"] == "kept" else "02-lightning"
+    winner = "04-vae-tiling" if decisions["04-vae-tiling"]["verdict"] == "kept" else "03-lightning"
     assert best["measured"]["name"] == winner  # the confirmation only times the winner whole
     assert best["measured"]["confirmation"]["clip_s"] == confirm["generate_s"]
     assert "confirms the winner" in (run_dir / "journal.md").read_text()

@@ -98,7 +98,11 @@ def test_probe_mode_predicts_the_clip_and_writes_the_check_output(model, tmp_pat
     assert len(probe["text_encode_samples_s"]) == len(probe["vae_decode_samples_s"]) == 3  # each predicted clip its own
     assert result["quality"]["passed"] and not (tmp_path / "p" / "video.mp4").exists()
     check = np.load(tmp_path / "p" / "check_output.npz")
-    assert set(check.files) == {"transformer", "transformer_2", "vae_frame"} and check["vae_frame"].shape == (1, 48, 64, 3)
+    assert len([f for f in check.files if f.startswith("transformer@")]) == 3  # three timesteps of each expert
+    assert len([f for f in check.files if f.startswith("transformer_2@")]) == 3
+    assert check["vae_frame"].shape == (1, 48, 64, 3)
+    noise = result["fidelity"]["noise"]  # a trial with no reference is one: it measures its numerical noise
+    assert 0 < noise["transformer"] < 0.05 and 0 < noise["transformer_2"] < 0.05 and noise["vae_frame_psnr_dB"] > 20
 
 
 def test_fidelity_against_a_reference_trial(model, tmp_path):
@@ -107,7 +111,7 @@ def test_fidelity_against_a_reference_trial(model, tmp_path):
     same = base.model_copy(update={"name": "same", "output_dir": str(tmp_path / "same"), "reference_dir": str(tmp_path / "base")})
     code, result, log = work(same)
     assert code == 0, log
-    assert result["fidelity"]["relative_error"] == {"transformer": 0.0, "transformer_2": 0.0}
+    assert len(result["fidelity"]["relative_error"]) == 6 and set(result["fidelity"]["relative_error"].values()) == {0.0}
     assert result["fidelity"]["psnr_dB"] == float("inf") and result["fidelity"]["ssim"] == pytest.approx(1.0)
     assert result["fidelity"]["vae_frame"]["psnr_dB"] == float("inf")
     fp8 = same.model_copy(
@@ -115,7 +119,7 @@ def test_fidelity_against_a_reference_trial(model, tmp_path):
     )
     code, result, log = work(fp8)
     assert code == 0, log
-    assert 0 < result["fidelity"]["relative_error"]["transformer"] < 0.2
+    assert all(0 < error < 0.2 for error in result["fidelity"]["relative_error"].values())
     assert result["fidelity"]["ssim"] < 1.0
 
 

@@ -1,0 +1,79 @@
+"""The same-function gate: a rung that should compute what the reference computes is checked on the output it
+changes, against a bound taken from the reference's measured numerical noise.
+
+- Transformer rungs (compile, attention, offload, text encoder placement, precision, FP8): each expert's output
+  at three timesteps of its range, as relative error against the reference trial's. Bound: ``noise_multiple``
+  times the reference's noise (how far its output moves under a half-rounding-step change of its input), never
+  below 0.1 %. Rungs that trade precision for speed (precision, FP8, FP4, quantized attention) may go as far as
+  ``decision.max_relative_error`` too: that budget is the playbook's to set.
+- VAE rungs (tiling, decode layout, compiled decoder): the decoded check frame, as PSNR against the reference's.
+  Bound: the reference's own noise PSNR less 20·log10(noise_multiple) dB, never above 45 dB (where 8-bit pixels
+  differ by about one level).
+"""
+
+from __future__ import annotations
+
+import math
+
+NOISE_FLOOR = 1e-3
+PSNR_CEILING_dB = 45.0
+TRADE_KNOBS = ("precision", "fp8", "fp4")
+VAE_KNOBS = ("vae_tiling", "vae_decode")
+
+
+def changed(knobs: dict, reference_knobs: dict) -> list[str]:
+    return sorted(k for k, v in knobs.items() if reference_knobs.get(k) != v)
+
+
+def trades_precision(knobs: dict, reference_knobs: dict) -> bool:
+    """Whether the change is a deliberate numerical trade (lower precision, quantized attention)."""
+    changes = changed(knobs, reference_knobs)
+    quantized_attention = "attention" in changes and any(word in knobs["attention"] for word in ("sage", "fp8", "int8"))
+    return quantized_attention or any(k in TRADE_KNOBS for k in changes)
+
+
+def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict, decision: dict) -> dict:
+    """``{"passed", "reason", "bounds"}`` for a same-function trial; ``noise`` is the reference's, None if unmeasured."""
+    changes = changed(knobs, reference_knobs)
+    multiple = decision["noise_multiple"]
+    bounds: dict = {}
+    failures: list[str] = []
+    errors: dict[str, float] = fidelity.get("relative_error") or {}
+    if any(k not in VAE_KNOBS for k in changes):
+        if not errors:
+            return {"passed": False, "reason": "same-function rung without a fidelity measurement against its reference"}
+        budget = decision["max_relative_error"] if trades_precision(knobs, reference_knobs) else 0.0
+        for point, error in errors.items():
+            expert = point.split("@")[0]
+            measured = (noise or {}).get(expert)
+            bound = max(NOISE_FLOOR, multiple * measured, budget) if measured is not None else decision["max_relative_error"]
+            bounds[expert] = bound
+            if not error <= bound:  # NaN fails too
+                failures.append(f"{point} output differs from the reference's by {error:.1e} (relative), more than {bound:.1e}")
+    if any(k in VAE_KNOBS for k in changes):
+        frame = fidelity.get("vae_frame") or {}
+        noise_psnr = (noise or {}).get("vae_frame_psnr_dB")
+        if not frame.get("comparable") or noise_psnr is None:
+            failures.append("the decoded check frame could not be compared with the reference's")
+        else:
+            bound = min(PSNR_CEILING_dB, noise_psnr - 20 * math.log10(multiple))
+            bounds["vae_frame_psnr_dB"] = bound
+            if not frame["psnr_dB"] >= bound:
+                failures.append(
+                    f"its decoded check frame is at {frame['psnr_dB']:.1f} dB PSNR from the reference's, below {bound:.1f} dB"
+                )
+    if not noise:
+        where = "no noise measured by the reference, so the playbook's max_relative_error"
+    elif trades_precision(knobs, reference_knobs):
+        where = f"a precision trade: the playbook's max_relative_error, or {multiple:g}x the reference's measured noise"
+    else:
+        where = f"{multiple:g}x the reference's measured numerical noise"
+    if failures:
+        return {"passed": False, "bounds": bounds, "reason": "computes a different function: " + "; ".join(failures)}
+    return {"passed": True, "bounds": bounds, "reason": f"same function within {_describe(bounds)} ({where})"}
+
+
+def _describe(bounds: dict) -> str:
+    return ", ".join(
+        f"frame PSNR >= {v:.1f} dB" if k == "vae_frame_psnr_dB" else f"{k} error <= {v:.1e}" for k, v in bounds.items()
+    )

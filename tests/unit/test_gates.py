@@ -1,0 +1,44 @@
+from agent.gates import check
+from agent.runtime.config import Knobs
+
+DECISION = {"noise_multiple": 3.0, "max_relative_error": 0.1}
+REFERENCE = Knobs().model_dump()
+NOISE = {"transformer": 6e-3, "transformer_2": 7e-3, "vae_frame_psnr_dB": 33.0}
+
+
+def errors(high: float, low: float) -> dict:
+    return {"relative_error": {"transformer@999": high / 2, "transformer@937": high, "transformer_2@437": low}}
+
+
+def test_a_same_precision_rung_must_stay_within_the_references_noise():
+    compiled = REFERENCE | {"compile": "regional"}
+    assert check(errors(1.5e-2, 1.9e-2), NOISE, compiled, REFERENCE, DECISION)["passed"]
+    gate = check(errors(1.5e-2, 3e-2), NOISE, compiled, REFERENCE, DECISION)  # 3e-2 > 3 x 7e-3
+    assert not gate["passed"] and "transformer_2@437" in gate["reason"] and "2.1e-02" in gate["reason"]
+    assert not check(errors(float("nan"), 0.0), NOISE, compiled, REFERENCE, DECISION)["passed"]
+
+
+def test_a_precision_trade_may_spend_the_playbooks_budget():
+    fp8 = REFERENCE | {"fp8": "torchao_row"}
+    assert check(errors(0.05, 0.04), NOISE, fp8, REFERENCE, DECISION)["passed"]
+    assert not check(errors(0.15, 0.04), NOISE, fp8, REFERENCE, DECISION)["passed"]
+    sage = REFERENCE | {"attention": "sage"}
+    assert check(errors(0.05, 0.04), NOISE, sage, REFERENCE, DECISION)["passed"]
+
+
+def test_a_vae_rung_is_judged_on_its_decoded_frame_not_the_transformer():
+    untiled = REFERENCE | {"vae_tiling": True}
+    same_transformer = errors(0.0, 0.0)
+    close = same_transformer | {"vae_frame": {"comparable": True, "psnr_dB": 30.0}}  # bound 33 - 9.5 dB
+    far = same_transformer | {"vae_frame": {"comparable": True, "psnr_dB": 20.0}}
+    assert check(close, NOISE, untiled, REFERENCE, DECISION)["passed"]
+    gate = check(far, NOISE, untiled, REFERENCE, DECISION)
+    assert not gate["passed"] and "20.0 dB" in gate["reason"]
+    assert check({"vae_frame": {"comparable": True, "psnr_dB": 30.0}}, NOISE, untiled, REFERENCE, DECISION)["passed"]
+
+
+def test_without_a_measured_noise_the_playbooks_bound_applies_and_a_missing_measurement_fails():
+    compiled = REFERENCE | {"compile": "regional"}
+    gate = check(errors(0.05, 0.05), None, compiled, REFERENCE, DECISION)
+    assert gate["passed"] and "no noise measured" in gate["reason"]
+    assert not check({}, NOISE, compiled, REFERENCE, DECISION)["passed"]
