@@ -6,6 +6,7 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,21 @@ def test_run_prints_its_id_and_converges_on_lightning(converged):
     assert decisions["01-fp8"] in ("kept", "reverted")
     assert decisions["02-lightning"] == "kept"
     assert best["knobs"]["fp8"] == ("layerwise" if decisions["01-fp8"] == "kept" else "none")
+
+
+def test_lightning_is_kept_on_a_machine_loaded_by_cpu_burners(tmp_path):
+    # The CI failure behind issue 11: a loaded 2-core host made the agent revert a rung doing 20x less work.
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        book = small_playbook()
+        book["ladder"] = [r for r in book["ladder"] if r["name"] == "lightning"]
+        done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "b.yaml", book)), runs_dir=tmp_path / "runs")
+    finally:
+        for burner in burners:
+            burner.kill()
+    assert done.returncode == 0, done.stderr
+    decisions = {e["name"]: e for e in events(tmp_path / "runs" / done.stdout.strip()) if e["kind"] == "decision"}
+    assert decisions["01-lightning"]["verdict"] == "kept", decisions["01-lightning"]["reason"]
 
 
 def test_repeats_after_the_baseline_come_from_its_spread(converged):
