@@ -4,11 +4,14 @@ changes, against a bound taken from the reference's measured numerical noise.
 - Transformer rungs (compile, attention, offload, text encoder placement, precision, FP8): each expert's output
   at three timesteps of its range, as relative error against the reference trial's. Bound: ``noise_multiple``
   times the reference's noise (how far its output moves under a half-rounding-step change of its input), never
-  below 0.1 %. Rungs that trade precision for speed (precision, FP8, FP4, quantized attention) may go as far as
-  ``decision.max_relative_error`` too: that budget is the playbook's to set.
+  below 0.1 %. Rungs that trade precision for speed (precision, FP8, FP4, quantized attention), and any rung
+  judged against a reference that computes in FP8/FP4, may go as far as ``decision.max_relative_error`` too: on
+  an H200 the same FP8 + compile configuration gave outputs up to 1e-1 apart in two processes (dynamic scales,
+  autotuned kernels), so such a reference pins its function no closer than its trade does.
 - VAE rungs (tiling, decode layout, compiled decoder): the decoded check frame, as PSNR against the reference's.
   Bound: the reference's own noise PSNR less 20·log10(noise_multiple) dB, never above 45 dB (where 8-bit pixels
-  differ by about one level).
+  differ by about one level). Tiling approximates the decode (tiles blended at their seams): with it changed,
+  the frame may also go down to ``decision.min_psnr_dB``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ NOISE_FLOOR = 1e-3
 PSNR_CEILING_dB = 45.0
 TRADE_KNOBS = ("precision", "fp8", "fp4")
 VAE_KNOBS = ("vae_tiling", "vae_decode")
+VAE_TRADE_KNOBS = ("vae_tiling",)
 
 
 def changed(knobs: dict, reference_knobs: dict) -> list[str]:
@@ -26,10 +30,12 @@ def changed(knobs: dict, reference_knobs: dict) -> list[str]:
 
 
 def trades_precision(knobs: dict, reference_knobs: dict) -> bool:
-    """Whether the change is a deliberate numerical trade (lower precision, quantized attention)."""
+    """Whether the change is a deliberate numerical trade (lower precision, quantized attention), or the reference
+    itself computes in FP8/FP4 (its output is pinned no closer than that trade)."""
     changes = changed(knobs, reference_knobs)
     quantized_attention = "attention" in changes and any(word in knobs["attention"] for word in ("sage", "fp8", "int8"))
-    return quantized_attention or any(k in TRADE_KNOBS for k in changes)
+    low_precision_reference = reference_knobs.get("fp8", "none") != "none" or reference_knobs.get("fp4", "none") != "none"
+    return quantized_attention or low_precision_reference or any(k in TRADE_KNOBS for k in changes)
 
 
 def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict, decision: dict) -> dict:
@@ -57,6 +63,8 @@ def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict
             failures.append("the decoded check frame could not be compared with the reference's")
         else:
             bound = min(PSNR_CEILING_dB, noise_psnr - 20 * math.log10(multiple))
+            if any(k in VAE_TRADE_KNOBS for k in changes):
+                bound = min(bound, decision["min_psnr_dB"])
             bounds["vae_frame_psnr_dB"] = bound
             if not frame["psnr_dB"] >= bound:
                 failures.append(
@@ -64,8 +72,10 @@ def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict
                 )
     if not noise:
         where = "no noise measured by the reference, so the playbook's max_relative_error"
-    elif trades_precision(knobs, reference_knobs):
-        where = f"a precision trade: the playbook's max_relative_error, or {multiple:g}x the reference's measured noise"
+    elif trades_precision(knobs, reference_knobs) or any(k in VAE_TRADE_KNOBS for k in changes):
+        where = (
+            f"a precision trade: the playbook's budget (max_relative_error, min_psnr_dB), or {multiple:g}x the reference's noise"
+        )
     else:
         where = f"{multiple:g}x the reference's measured numerical noise"
     if failures:

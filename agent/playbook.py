@@ -97,6 +97,8 @@ class Decision(Strict):
     # What a precision trade (FP8, FP4, a lower precision, quantized attention) may cost in relative error of the
     # experts' output. FP8 lands at 2-5 % on the A14B (docs/benchmarks.md); beyond 10 % it computes something else.
     max_relative_error: float = Field(default=0.1, gt=0)
+    # What an approximate VAE decode (tiling) may cost: PSNR of its decoded check frame against the reference's.
+    min_psnr_dB: float = Field(default=35.0, gt=0)
 
 
 class Playbook(Strict):

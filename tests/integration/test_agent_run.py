@@ -85,9 +85,14 @@ def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
     # A same-function rung after Lightning is checked against the Lightning trial, not the baseline's other function.
     book["ladder"].append({"name": "vae-tiling", "hypothesis": "Tiles the decode.", "set": {"vae_tiling": True}})
     done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "tiny-probe.yaml", book)), runs_dir=tmp_path / "runs")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in (0, 3), done.stderr
     run_dir = tmp_path / "runs" / done.stdout.strip()
     decisions = {e["name"]: e for e in events(run_dir) if e["kind"] == "decision"}
+    # Tiling changes nothing at this size: its timing is noise, which the rule may call inconclusive (exit 3).
+    unresolved = {n for n, d in decisions.items() if d["verdict"] in ("inconclusive", "unconfirmed")}
+    assert unresolved <= {"04-vae-tiling"} and (done.returncode == 3) == bool(unresolved), done.stderr
+    if unresolved:
+        assert "**Unresolved.** 04-vae-tiling inconclusive" in (run_dir / "journal.md").read_text()
     assert list(decisions) == ["00-baseline", "01-fp8", "02-mislabelled", "03-lightning", "04-vae-tiling", "05-confirm"]
     assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "03-lightning", "04-vae-tiling"))
     mislabelled = decisions["02-mislabelled"]
