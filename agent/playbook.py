@@ -21,6 +21,9 @@ from agent.sources import SCHEMES
 PLAYBOOK_DIR = Path(os.environ.get("WAN_AGENT_PLAYBOOKS", Path(__file__).resolve().parent.parent / "playbooks"))
 
 
+MIN_SAMPLES = 3  # the fewest timed repeats whose median one outlier cannot move
+
+
 class PlaybookError(ValueError):
     """A playbook that cannot be used; ``str()`` is the message for the user."""
 
@@ -115,6 +118,17 @@ class Playbook(Strict):
     limits: Limits = Limits()
     decision: Decision = Decision()
     remediation: list[Remedy] = []
+
+    @model_validator(mode="after")
+    def _medians_need_three(self) -> Playbook:
+        m = self.measurement
+        for name in ("repeats", "probe_steps", "fewest"):
+            if getattr(m, name) < MIN_SAMPLES:
+                raise ValueError(
+                    f"measurement.{name}: {getattr(m, name)} is too few; a median of fewer than {MIN_SAMPLES} repeats is "
+                    f"their mean, which one outlier moves: use {MIN_SAMPLES} or more"
+                )
+        return self
 
     @model_validator(mode="after")
     def _rungs_apply(self) -> Playbook:

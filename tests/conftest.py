@@ -32,7 +32,7 @@ def small_playbook(**overrides) -> dict:
     book["name"] = "tiny-test"
     book["workload"] |= {"height": 48, "width": 64, "frames": 9}
     book["baseline"]["steps"] = 12
-    book["measurement"] |= {"warmup": 1, "repeats": 2}
+    book["measurement"] |= {"warmup": 1, "repeats": 3}
     for key, value in overrides.items():
         book[key] = book[key] | value if isinstance(value, dict) and isinstance(book.get(key), dict) else value
     return book

@@ -118,8 +118,12 @@ class Measurement(Strict):
     probe_tolerance: float = Field(default=0.05, ge=0, lt=1)
     # After the baseline, the repeats (probe_steps in probe mode) of each trial come from the baseline's
     # measured spread, between these bounds; `repeats`/`probe_steps` above are the baseline's.
-    fewest: int = Field(default=2, ge=1, le=50)
+    fewest: int = Field(default=3, ge=1, le=50)
     most: int = Field(default=10, ge=1, le=50)
+    # Threads a trial on the CPU computes with (None: torch's default, one per core). With as many threads as
+    # cores, other load on the machine deschedules one of them at every barrier: 5-10x slower clips at random
+    # on 2 shared cores, where 1 thread ran 20 % slower but steady. Every trial of a run uses the same number.
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Measurement:

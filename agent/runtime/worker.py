@@ -152,6 +152,8 @@ def run(config: TrialConfig) -> dict:
 
     out = Path(config.output_dir)
     device = pipeline.pick_device(config.device)
+    if device.type == "cpu" and config.measurement.cpu_threads:
+        torch.set_num_threads(config.measurement.cpu_threads)
     sharing = SharingWatch(nvml_id(device)).start() if device.type == "cuda" else None
     logger.info("device %s; %s; %s mode", device, config.knobs.describe(), config.measurement.mode)
     pipe, stages, setup = pipeline.build(config, device)
@@ -184,7 +186,7 @@ def run(config: TrialConfig) -> dict:
         "versions": versions(),
         "environment": sorted(os.environ),  # names only: what reached the trial (never a secret's value)
         "stages": stages,
-        "setup": setup,
+        "setup": setup | {"cpu_threads": torch.get_num_threads()},
         **measured,
         "fidelity": _fidelity(config, out) | ({"noise": noise} if noise else {}),
         "memory": _peak_memory(device) | {"build_" + k: v for k, v in build_memory.items()},

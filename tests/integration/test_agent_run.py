@@ -67,17 +67,17 @@ def test_lightning_is_kept_on_a_machine_loaded_by_cpu_burners(tmp_path):
 def test_repeats_after_the_baseline_come_from_its_spread(converged):
     _, runs, run_id = converged
     planned = {e["trial"]: e for e in events(runs / run_id) if e["kind"] == "trial_planned"}
-    assert planned["00-baseline"]["measurement"]["repeats"] == 2  # the playbook's
+    assert planned["00-baseline"]["measurement"]["repeats"] == 3  # the playbook's
     for name in ("01-fp8", "02-lightning"):
         repeats = planned[name]["measurement"]["repeats"]
-        assert 2 <= repeats <= 10 and "baseline noise" in planned[name]["measurement_why"]
+        assert 3 <= repeats <= 10 and "baseline noise" in planned[name]["measurement_why"]
         log = (runs / run_id / "trials" / name / "stdout.log").read_text()
         assert f"repeat {repeats}/{repeats} took" in log
     assert "Timing: full mode, repeats" in (runs / run_id / "journal.md").read_text()
 
 
 def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
-    measurement = {"mode": "probe", "warmup": 1, "repeats": 2, "probe_steps": 2}
+    measurement = {"mode": "probe", "warmup": 1, "repeats": 3, "probe_steps": 3}
     book = small_playbook(measurement=measurement)
     # Declared same-function but is not (the distilled LoRA changes what the experts compute): rejected by its gate.
     lightning = book["ladder"][1]

@@ -64,14 +64,15 @@ def test_a_playbook_for_a_gpu_fails_fast_on_a_machine_without_one(tmp_path):
 
 
 def test_a_baseline_that_cannot_run_is_a_failed_run_with_its_reason(tmp_path):
-    book = small_playbook(baseline={"attention": "flash"}, remediation=[])
+    # cuDNN attention imports everywhere (patch keeps it) but runs on no CPU: the worker's probe fails it.
+    book = small_playbook(baseline={"attention": "_native_cudnn"}, remediation=[])
     runs = tmp_path / "runs"
     done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "bad-baseline.yaml", book)), runs_dir=runs)
     assert done.returncode == 1
     run_dir = runs / done.stdout.strip()
     assert not (run_dir / "best.yaml").exists()
     journal = (run_dir / "journal.md").read_text()
-    assert "flash" in journal and "no usable baseline" in journal
+    assert "_native_cudnn" in journal and "no usable baseline" in journal
 
 
 def converged_run(tmp_path: Path, book: dict) -> tuple[Path, list[dict]]:
@@ -110,7 +111,7 @@ def test_out_of_memory_walks_the_memory_savers_then_falls_back_to_a_smaller_work
     book = small_playbook(
         workload={"height": 480, "width": 832, "frames": 17},
         baseline=OOM_BASELINE,
-        measurement={"warmup": 0, "repeats": 2},
+        measurement={"warmup": 0, "repeats": 3},
         limits={"host_memory_GiB": cap},
         ladder=[{"name": "fp8", "hypothesis": "FP8 weight storage.", "set": {"fp8": "layerwise"}}],
         remediation=[

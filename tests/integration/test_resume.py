@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from agent import tmux
+from agent.sources import synthetic
 from tests.conftest import ROOT, WAN_AGENT, small_playbook, wan_agent, write_playbook
 
 
@@ -164,7 +165,9 @@ def test_sigkill_while_the_model_is_being_built_then_resume(tmp_path):
     assert not list(cache.glob("synthetic-tiny-*")), "no half-built model where a finished one goes"
     done = wan_agent("resume", run_id, runs_dir=runs, env=env)
     assert done.returncode == 0, done.stderr
-    assert [p.name for p in cache.iterdir() if p.is_dir()] == ["synthetic-tiny-v2-seed0"]  # the killed build's staging is gone
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == [
+        f"synthetic-tiny-v{synthetic.FORMAT}-seed0"
+    ]  # the killed build's staging is gone
     events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
     assert [e["key"] for e in events if e["kind"] == "fetch"] == ["fetch"]
     assert [e["name"] for e in events if e["kind"] == "decision"] == ["00-baseline", "01-fp8", "02-lightning"]

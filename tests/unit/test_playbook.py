@@ -41,6 +41,7 @@ def test_shipped_playbook_is_valid():
         (["baseline", "precision"], "int4", "baseline.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'int4')"),
         (["busy_gpu"], {"then": "share"}, "busy_gpu.then: Input should be 'refuse' or 'flag' (got 'share')"),
         (["measurement"], {"fewest": 5, "most": 3}, "measurement: fewest (5) must not exceed most (3)"),
+        (["measurement"], {"repeats": 2}, "measurement.repeats: 2 is too few; a median of fewer than 3 repeats is their mean"),
     ],
 )
 def test_malformed_playbook_message_names_field_and_what_is_allowed(path, value, message):
