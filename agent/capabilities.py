@@ -20,8 +20,7 @@ def _capability(gpu: dict) -> tuple[int, int]:
 
 def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     """Why ``knobs`` cannot run on ``hardware`` with the playbook's ``device`` setting, or None."""
-    index = gpu_map.trial_gpu(hardware)  # the GPU a trial computes on: CUDA_VISIBLE_DEVICES may pick an older one
-    gpus = [g for g in hardware.get("gpus", []) if g["index"] == index] if device != "cpu" else []
+    gpus = gpu_map.trial_gpus(hardware) if device != "cpu" else []  # CUDA_VISIBLE_DEVICES may pick an older GPU
     if device == "cuda" and not gpus:
         return "the playbook asks for a CUDA GPU and this machine has none"
     found = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in gpus) or "no GPU"

@@ -114,9 +114,9 @@ def repeats_for(baseline: list[float], min_gain: float, fewest: int, most: int) 
     return k, why + ("" if k == needed else f", kept within [{fewest}, {most}]"), False
 
 
-def confirm(outcome: dict, best: dict) -> tuple[Verdict, str]:
+def confirm(outcome: dict, best: dict, tolerance: float) -> tuple[Verdict, str]:
     """Judge the full-clip confirmation of a winner found in probe mode: confirmed only within the error the probe
-    stated for its prediction."""
+    stated for its prediction (``tolerance``, the playbook's, where a record predates stated errors)."""
     failed = failure_reason(outcome)
     if failed:
         return "unconfirmed", f"the full clip did not finish: {failed}"
@@ -124,7 +124,7 @@ def confirm(outcome: dict, best: dict) -> tuple[Verdict, str]:
     if not result["quality"]["passed"]:
         return "unconfirmed", "the full clip is broken: " + "; ".join(result["quality"]["reasons"])
     clip_s, predicted_s = result["summary"]["generate_s"], best["generate_s"]
-    tolerance = best.get("prediction_error") or 0.0
+    tolerance = best.get("prediction_error") or tolerance
     off = (clip_s - predicted_s) / predicted_s
     said = (
         f"one full clip took {clip_s:.3f} s against {predicted_s:.3f} s predicted from probe-mode steps "

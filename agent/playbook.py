@@ -105,7 +105,8 @@ class Decision(Strict):
 
 
 class Playbook(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # Part of every run id (runs.RUN_ID): short, and never a path.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$", max_length=64)
     description: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     model: ModelSpec
@@ -118,17 +119,6 @@ class Playbook(Strict):
     limits: Limits = Limits()
     decision: Decision = Decision()
     remediation: list[Remedy] = []
-
-    @model_validator(mode="after")
-    def _medians_need_three(self) -> Playbook:
-        m = self.measurement
-        for name in ("repeats", "probe_steps", "fewest"):
-            if getattr(m, name) < MIN_SAMPLES:
-                raise ValueError(
-                    f"measurement.{name}: {getattr(m, name)} is too few; a median of fewer than {MIN_SAMPLES} repeats is "
-                    f"their mean, which one outlier moves: use {MIN_SAMPLES} or more"
-                )
-        return self
 
     @model_validator(mode="after")
     def _rungs_apply(self) -> Playbook:
@@ -224,7 +214,17 @@ def load(name_or_path: str) -> Playbook:
 
 
 def validate(data: dict, origin: str = "playbook") -> Playbook:
+    """A playbook as a user wrote it. Stricter than the model, which also reloads the playbooks of runs started
+    under older rules (resume must still work for them)."""
     try:
-        return Playbook.model_validate(data)
+        book = Playbook.model_validate(data)
     except ValidationError as err:
         raise PlaybookError(f"playbook {origin} is invalid: {_format_errors(err, Playbook)}") from None
+    for name in ("repeats", "probe_steps", "fewest"):
+        value = getattr(book.measurement, name)
+        if value < MIN_SAMPLES:
+            raise PlaybookError(
+                f"playbook {origin} is invalid: measurement.{name}: {value} is too few; a median of fewer than "
+                f"{MIN_SAMPLES} repeats is their mean, which one outlier moves: use {MIN_SAMPLES} or more"
+            )
+    return book

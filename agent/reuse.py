@@ -68,6 +68,9 @@ def find_converged(runs_dir: Path, wanted: dict) -> str | None:
             logger.info("not reusing run %s: it predates reuse keys (versions and playbook unknown)", run_id)
             continue
         changed = differences(found, wanted)
+        if not changed and best.get("unresolved"):
+            logger.info("not reusing run %s: the host's noise left %s unresolved", run_id, ", ".join(best["unresolved"]))
+            continue
         if not changed:
             logger.info("reusing converged run %s: same hardware, versions and playbook; --rebench searches again", run_id)
             return run_id

@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import yaml
 
 from agent import sources, tmux, trials
@@ -64,19 +65,33 @@ def _lock(run_dir: Path):
         yield
 
 
-def driver_pid(run_dir: Path) -> int | None:
-    """The pid of the agent driving the run, or None when none holds its lock."""
-    try:
-        with open(run_dir / ".lock", "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                text = f.read().strip()
-                return int(text) if text.isdigit() else None
+def driver_pid(run_dir: Path, tries: int = 20) -> int | None:
+    """The pid of the wan-agent process driving the run, or None when none holds its lock. The pid is written just
+    after the lock is taken: an empty or stale file is read again, and a pid that is not a wan-agent is not trusted."""
+    for _ in range(tries):
+        try:
+            with open(run_dir / ".lock", "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.seek(0)
+                    text = f.read().strip()
+                    if text.isdigit() and _is_agent(int(text)):
+                        return int(text)
+                else:
+                    return None
+        except FileNotFoundError:
             return None
-    except FileNotFoundError:
-        return None
+        time.sleep(0.1)
+    raise RunError(f"run {run_dir.name} is locked by a process that is not a wan-agent, or whose pid cannot be read")
+
+
+def _is_agent(pid: int) -> bool:
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "agent.cli" in command or "wan-agent" in command
 
 
 def stop(run_id: str, runs_dir: Path, wait_s: float = 60.0) -> list[str]:
@@ -95,9 +110,12 @@ def stop(run_id: str, runs_dir: Path, wait_s: float = 60.0) -> list[str]:
         if driver_pid(directory) is not None:
             os.kill(pid, signal.SIGKILL)
         stopped.append(f"the agent (pid {pid})")
-    for session in tmux.sessions_of(run_id):
-        tmux.kill(session)
-        stopped.append(f"trial session {session}")
+    for folder in ("trials", "generations"):
+        for trial in sorted((directory / folder).glob("*")):
+            session = tmux.session_name(run_id, trial.name)
+            if tmux.is_running(session):
+                tmux.kill(session)
+                stopped.append(f"trial session {session}")
     return stopped
 
 

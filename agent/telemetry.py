@@ -46,7 +46,7 @@ def watched_whole(summary: dict) -> bool:
 class Nvml:
     """One GPU through nvidia-ml-py, by NVML index or UUID ("GPU-..."); ``error`` says why it is unavailable."""
 
-    def __init__(self, device: int | str = 0):
+    def __init__(self, device: int | str | None = 0):
         self.handle = None
         self.error: str | None = None
         self._energy0_mJ: int | None = None
@@ -54,6 +54,8 @@ class Nvml:
             import pynvml
 
             pynvml.nvmlInit()
+            if device is None:
+                raise LookupError("no whole GPU to watch (CUDA_VISIBLE_DEVICES hides them, or names MIG instances)")
             if isinstance(device, str):
                 self.handle = pynvml.nvmlDeviceGetHandleByUUID(device)
             else:
@@ -129,7 +131,7 @@ class SharingWatch:
     """Run inside the worker: which other processes held its GPU while it ran. The agent's sampler sees only
     the part of a trial it watched (not what happened while the agent was down); this record covers it all."""
 
-    def __init__(self, gpu: int | str = 0, interval_s: float = 1.0):
+    def __init__(self, gpu: int | str | None = 0, interval_s: float = 1.0):
         self.nvml, self.interval_s = Nvml(gpu), interval_s
         self.others: dict[int, dict] = {}
         self.samples = self.shared_samples = 0
@@ -164,7 +166,7 @@ class SharingWatch:
 class Sampler:
     """Samples in a background thread from ``start()`` to ``stop()``; ``worker_pid`` gives the process tree to watch."""
 
-    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5, gpu: int | str = 0):
+    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5, gpu: int | str | None = 0):
         self.csv_path, self.worker_pid, self.interval_s = csv_path, worker_pid, interval_s
         self.nvml = Nvml(gpu)
         self.rows: list[dict] = []
@@ -181,7 +183,8 @@ class Sampler:
 
     def stop(self) -> dict:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # an interrupt may come before it started
+            self._thread.join()
         return self.summary()
 
     def _loop(self) -> None:

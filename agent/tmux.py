@@ -80,15 +80,6 @@ def _session(name: str) -> libtmux.Session | None:
         return None
 
 
-def sessions_of(run_id: str) -> list[str]:
-    """The names of the trial sessions of run ``run_id`` still alive."""
-    prefix = session_name(run_id, "")
-    try:
-        return [s.session_name for s in server().sessions if s.session_name and s.session_name.startswith(prefix)]
-    except libtmux.exc.LibTmuxException:  # no server running
-        return []
-
-
 def is_running(name: str) -> bool:
     return _session(name) is not None
 

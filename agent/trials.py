@@ -48,11 +48,15 @@ def forget(trial_dir: Path) -> None:
 
 
 def set_aside(trial_dir: Path, label: str) -> None:
-    """Forget an attempt, keeping its log and telemetry beside the next attempt's (``stdout.<label>.log``)."""
+    """Forget an attempt, keeping its log and telemetry beside the next attempt's (``stdout.<label>.log``, then
+    ``stdout.<label>-2.log``, ... when the same thing happens again)."""
     forget(trial_dir)
-    for record in (trial_dir / "stdout.log", trial_dir / "telemetry.csv"):
+    records = (trial_dir / "stdout.log", trial_dir / "telemetry.csv")
+    names = (label if n == 1 else f"{label}-{n}" for n in range(1, 1000))
+    name = next(n for n in names if not any(r.with_name(f"{r.stem}.{n}{r.suffix}").exists() for r in records))
+    for record in records:
         if record.exists():
-            record.replace(record.with_name(f"{record.stem}.{label}{record.suffix}"))
+            record.replace(record.with_name(f"{record.stem}.{name}{record.suffix}"))
 
 
 def will_start(run_id: str, trial_dir: Path) -> bool:
@@ -88,7 +92,7 @@ def execute(
     idle_timeout_s: float,
     poll_s: float = 0.5,
     telemetry_interval_s: float = 0.5,
-    gpu: int | None = None,
+    gpu: int | None = 0,
 ) -> dict:
     """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data. ``gpu`` is
     the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler."""
@@ -103,16 +107,14 @@ def execute(
     else:
         reattached = tmux.is_running(session)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            if reattached:
-                logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
-            else:
-                _start(session, trial_dir)
-            sampler = telemetry.Sampler(
-                trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s, gpu=gpu or 0
-            )
+            sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s, gpu)
             progress = _Progress(trial_dir.name, log)
-            sampler.start()
-            try:
+            try:  # an interrupt from here on, even mid-start, stops the trial with the agent
+                if reattached:
+                    logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
+                else:
+                    _start(session, trial_dir)
+                sampler.start()
                 result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
             except KeyboardInterrupt:
                 sampler.stop()  # before its CSV is set aside with the attempt

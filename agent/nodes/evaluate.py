@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 from agent import gates
 from agent.decision import confirm, judge
 from agent.nodes import journal
-from agent.nodes.plan import size
+from agent.nodes.plan import reference_dir, size
 from agent.state import AgentState, RunContext
 from agent.telemetry import watched_whole
 
@@ -56,7 +56,7 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     gate = _fidelity_gate(state, candidate) if same_function else None
     if candidate.get("gate") == "confirm":
         assert best is not None  # plan confirms only a winner
-        verdict, reason = confirm(outcome, best)
+        verdict, reason = confirm(outcome, best, state["playbook"]["measurement"].get("probe_tolerance", 0.05))
     else:
         verdict, reason = judge(outcome, best, rules["min_gain"], gate)
     verdict, reason = _workload_check(verdict, reason, candidate, best, state["playbook"]["workload"])
@@ -91,11 +91,13 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
 def _fidelity_gate(state: AgentState, candidate: dict) -> dict | None:
     """The same-function check of a finished trial against its reference trial (None if it produced no result)."""
     result = candidate["outcome"].get("result") or {}
-    if result.get("status") != "ok":
-        return None
-    reference = next((t for t in state.get("trials", []) if t["dir"] == candidate.get("reference")), None)
-    if reference is None:
-        return None
+    done = state.get("trials", [])
+    if result.get("status") != "ok" or state.get("best") is None:
+        return None  # no result to check, or it is the baseline
+    wanted = candidate.get("reference") or reference_dir(done)  # planned before the reference was recorded
+    reference = next((t for t in done if t["dir"] == wanted), None)
+    if reference is None:  # never waved through unchecked
+        return {"passed": False, "reason": f"no reference trial ({wanted}) to check this same-function rung against"}
     noise = (reference.get("fidelity") or {}).get("noise")
     rules = state["playbook"]["decision"]
     return gates.check(result.get("fidelity") or {}, noise, candidate["knobs"], reference["knobs"], rules)

@@ -2,7 +2,8 @@
 
 diffusers' WanPipeline dispatches attention to PyTorch SDPA ("native") unless told otherwise. A baseline that
 asks for another backend (flash, FA3, sage, ...) whose package is missing or that needs a download would fail
-every trial: it is patched to SDPA here, and the journal says so. Whether a backend that imports also runs on
+every trial: it is patched to SDPA here (the state's ``attention.backend``, which plan runs the baseline on; the
+playbook itself stays as written), and the journal says so. Whether a backend that imports also runs on
 the trial's shape is probed by the worker before each use (agent/runtime/attention.py). The official ``wan22``
 code, which hard-needs flash_attn, is patched here when its runtime arrives.
 """
@@ -47,7 +48,4 @@ def patch(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
     logger.info("attention: %s", attention["reason"])
     journal(state, runtime).record("patch", key="patch", attention=attention)
-    update: dict = {"attention": attention}
-    if problem is not None:
-        update["playbook"] = book | {"baseline": book["baseline"] | {"attention": FALLBACK}}
-    return update
+    return {"attention": attention}  # plan runs the baseline on attention["backend"]

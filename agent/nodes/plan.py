@@ -93,15 +93,21 @@ def _skip_reason(knobs: Knobs, best_knobs: dict, state: AgentState, new_workload
     return cannot_run(knobs, state["hardware"], state["playbook"]["device"])
 
 
+def baseline_knobs(state: AgentState, book: Playbook) -> Knobs:
+    """The playbook's baseline, on the attention backend patch chose for this machine."""
+    backend = (state.get("attention") or {}).get("backend", book.baseline.attention)
+    return book.baseline.model_copy(update={"attention": backend})
+
+
 def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     book = Playbook.model_validate(state["playbook"])
     done, pending = state.get("trials", []), list(state.get("pending", []))
     log = journal(state, runtime)
     best = state.get("best")
     # Until a baseline succeeds (a remediated baseline), rungs apply on top of the playbook's baseline.
-    best_knobs: dict = best["knobs"] if best else book.baseline.model_dump()
+    best_knobs: dict = best["knobs"] if best else baseline_knobs(state, book).model_dump()
     if not done:
-        rung, knobs = BASELINE, book.baseline
+        rung, knobs = BASELINE, baseline_knobs(state, book)
         reason = cannot_run(knobs, state["hardware"], book.device)
         if reason is not None:  # no baseline, so no run: report says why
             logger.error("the baseline cannot run here: %s", reason)

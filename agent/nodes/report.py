@@ -41,6 +41,8 @@ def best_config(state: AgentState) -> dict:
         | {"on": best.get("device")}
         | ({"confirmation": best["confirmation"]} if "confirmation" in best else {})
         | ({"shared_gpu": best["gpu_check"]} if (best.get("gpu_check") or {}).get("shared") else {}),
+        # Verdicts the host's noise left open: `run --reuse` measures again rather than trust this run.
+        "unresolved": [t["name"] for t in state.get("trials", []) if t["verdict"] in UNRESOLVED],
     }
 
 
@@ -53,8 +55,7 @@ def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if winner is not None and status == "converged":
         best = best_config(state)
         write_text_atomic(run_dir(state, runtime) / "best.yaml", yaml.safe_dump(best, sort_keys=False))
-        fields |= {"best": winner["name"], "knobs": winner["knobs"]}
-        fields["unresolved"] = [t["name"] for t in trials if t["verdict"] in UNRESOLVED]
+        fields |= {"best": winner["name"], "knobs": winner["knobs"], "unresolved": best["unresolved"]}
         logger.info("converged after %d trials in %.0f s: best is %s", len(trials), elapsed, winner["name"])
     else:
         logger.error("run failed: no baseline measurement; see %s", run_dir(state, runtime) / "journal.md")

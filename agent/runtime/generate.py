@@ -52,7 +52,8 @@ class Generation:
 
 
 def boundary_timestep(pipe) -> float:
-    return pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+    """Where the low-noise expert takes over; 0 for a single-expert model (the 5B), whose one expert takes all."""
+    return (pipe.config.boundary_ratio or 0.0) * pipe.scheduler.config.num_train_timesteps
 
 
 def expert_for(pipe, timestep) -> str:

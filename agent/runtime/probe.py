@@ -144,6 +144,8 @@ def warm_decoder(pipe, config: TrialConfig, device: torch.device) -> list[float]
 def check_timesteps(pipe) -> dict[str, list[float]]:
     """Three timesteps in each expert's range (its first, middle and last), where the check outputs are taken."""
     b = float(round(boundary_timestep(pipe)))
+    if b == 0:  # one expert for the whole range
+        return {"transformer": [999.0, 500.0, 100.0], "transformer_2": []}
     return {
         "transformer": [999.0, float(round((999 + b) / 2)), b],
         "transformer_2": [float(round(f * b)) for f in (0.9, 0.5, 0.1)],

@@ -183,20 +183,23 @@ def test_no_token_reaches_a_trial_its_log_or_the_journal(converged):
 
 def test_reuse_says_why_a_run_is_passed_over_and_skips_a_broken_best_yaml(converged):
     base, runs, run_id = converged
-    upgraded, broken = runs / f"{run_id}-upgraded", runs / f"{run_id}-zz-broken"
-    shutil.copytree(runs / run_id, upgraded)
-    best = yaml.safe_load((upgraded / "best.yaml").read_text())
-    best["reuse_key"]["versions"]["torch"] = "0.1"
-    (upgraded / "best.yaml").write_text(yaml.safe_dump(best))
+    upgraded, noisy, broken = (runs / f"{run_id}-{suffix}" for suffix in ("upgraded", "x-noisy", "zz-broken"))
+    for copy, change in ((upgraded, {"torch": "0.1"}), (noisy, {})):
+        shutil.copytree(runs / run_id, copy)
+        best = yaml.safe_load((copy / "best.yaml").read_text())
+        best["reuse_key"]["versions"] |= change
+        best["unresolved"] = [] if change else ["01-fp8"]
+        (copy / "best.yaml").write_text(yaml.safe_dump(best))
     broken.mkdir()
     (broken / "best.yaml").write_text("")
     try:
         done = wan_agent("run", "--playbook", str(base / "tiny-test.yaml"), "--reuse", runs_dir=runs)
     finally:
-        shutil.rmtree(upgraded)
-        shutil.rmtree(broken)
+        for made in (upgraded, noisy, broken):
+            shutil.rmtree(made)
     assert done.returncode == 0 and done.stdout.strip() == run_id, done.stderr
     assert f"not reusing run {upgraded.name}: torch 0.1 -> " in done.stderr
+    assert f"not reusing run {noisy.name}: the host's noise left 01-fp8 unresolved" in done.stderr
     assert "best.yaml: not a converged configuration" in done.stderr
 
 

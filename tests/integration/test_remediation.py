@@ -75,6 +75,19 @@ def test_a_baseline_that_cannot_run_is_a_failed_run_with_its_reason(tmp_path):
     assert "_native_cudnn" in journal and "no usable baseline" in journal
 
 
+def test_a_baseline_on_a_missing_backend_is_patched_and_its_run_is_reused_as_written(tmp_path):
+    book = small_playbook(baseline={"attention": "flash"}, remediation=[])  # flash_attn is not installed here
+    book["ladder"] = [r for r in book["ladder"] if r["name"] == "lightning"]
+    path, runs = write_playbook(tmp_path / "flash-baseline.yaml", book), tmp_path / "runs"
+    done = wan_agent("run", "--playbook", str(path), runs_dir=runs)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    trial = json.loads((runs / run_id / "trials" / "00-baseline" / "trial.json").read_text())
+    assert trial["knobs"]["attention"] == "native" and "patched to `native`" in (runs / run_id / "journal.md").read_text()
+    again = wan_agent("run", "--playbook", str(path), "--reuse", runs_dir=runs)
+    assert again.returncode == 0 and again.stdout.strip() == run_id, again.stderr
+
+
 def converged_run(tmp_path: Path, book: dict) -> tuple[Path, list[dict]]:
     """Run ``book`` to the end; its run directory and journal events."""
     runs = tmp_path / "runs"

@@ -181,22 +181,27 @@ def _group_alive(pgid: int | None) -> bool:
         return False
 
 
+def _live_sessions(runs: Path, run_id: str) -> list[str]:
+    names = (tmux.session_name(run_id, d.name) for d in (runs / run_id / "trials").glob("*"))
+    return [name for name in names if tmux.is_running(name)]
+
+
 def test_ctrl_c_and_stop_take_the_trial_down_and_resume_finishes(tmp_path):
     runs = tmp_path / "runs"
     agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
     worker = tmux.pane_pid(session)
     agent.send_signal(signal.SIGINT)  # Ctrl-C
     assert agent.wait(timeout=60) == 130
-    assert not tmux.sessions_of(run_id) and not _group_alive(worker), "the trial no longer holds the machine"
+    assert not _live_sessions(runs, run_id) and not _group_alive(worker), "the trial no longer holds the machine"
     assert (trial / "stdout.interrupted.log").exists() and not (trial / "exit_code").exists()
 
     resumed = subprocess.Popen([*WAN_AGENT, "--runs-dir", str(runs), "resume", run_id], cwd=ROOT, stderr=subprocess.DEVNULL)
-    wait_for(lambda: bool(tmux.sessions_of(run_id)), 300, "the resumed run's trial")
-    worker = tmux.pane_pid(tmux.sessions_of(run_id)[0])
+    wait_for(lambda: bool(_live_sessions(runs, run_id)), 300, "the resumed run's trial")
+    worker = tmux.pane_pid(_live_sessions(runs, run_id)[0])
     stopped = wan_agent("stop", run_id, runs_dir=runs)
     assert stopped.returncode == 0 and f"the agent (pid {resumed.pid})" in stopped.stdout, stopped.stdout + stopped.stderr
     assert resumed.wait(timeout=60) == 130
-    assert not tmux.sessions_of(run_id) and not _group_alive(worker)
+    assert not _live_sessions(runs, run_id) and not _group_alive(worker)
 
     done = wan_agent("resume", run_id, runs_dir=runs)
     assert done.returncode == 0, done.stderr

@@ -1,3 +1,5 @@
+import pytest
+
 from agent.capabilities import cannot_run
 from agent.runtime.config import Knobs
 
@@ -5,6 +7,11 @@ H100 = {"gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", 
 A100 = {"gpus": [{"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "index": 0}]}
 CPU_ONLY = {"gpus": []}
 B200 = {"gpus": [{"name": "NVIDIA B200", "compute_capability": "10.0", "index": 0}]}
+
+
+@pytest.fixture(autouse=True)
+def _every_gpu_visible(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def test_fp8_compute_needs_fp8_tensor_cores():
@@ -34,6 +41,10 @@ def test_the_gpu_checked_is_the_one_cuda_visible_devices_gives_the_trial(monkeyp
     assert cannot_run(Knobs(fp8="torchao_row"), mixed, "auto") is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert "A100" in cannot_run(Knobs(fp8="torchao_row"), mixed, "auto")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-1f2e3d")  # a slice of one of them: FP8 may run, so it is tried
+    assert cannot_run(Knobs(fp8="torchao_row"), mixed, "auto") is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert "asks for a CUDA GPU" in cannot_run(Knobs(), mixed, "cuda")
 
 
 def test_the_fp8_compute_rule_matches_what_the_worker_says_without_torchao():

@@ -29,6 +29,7 @@ def test_a_rung_several_times_faster_is_kept_through_outliers_on_both_sides():
     verdict, reason = judge(outcome(samples=(0.08, 0.085, 0.09)), best(1.67, 4.73), 0.02)
     assert verdict == "kept" and "surely faster" in reason
     assert judge(outcome(samples=(0.08, 0.5, 0.09)), best(1.67, 4.73, 1.7), 0.02)[0] == "kept"
+    assert judge(outcome(samples=(0.5, 0.51, 1.6)), best(1.0, 1.01, 0.99), 0.02)[0] == "kept"  # one slow repeat
 
 
 def test_a_slower_rung_is_reverted_and_a_small_gain_is_not_enough():
@@ -127,9 +128,9 @@ def test_repeats_follow_the_baselines_noise_and_a_noisy_host_is_said_to_be_one()
 
 def test_a_confirmation_outside_the_probes_stated_error_is_not_confirmed():
     predicted = {"generate_s": 10.0, "prediction_error": 0.05}
-    verdict, reason = confirm(outcome(samples=(20.0,)), predicted)
+    verdict, reason = confirm(outcome(samples=(20.0,)), predicted, 0.05)
     assert verdict == "unconfirmed" and "+100.0 %" in reason and "outside the stated error" in reason
-    verdict, reason = confirm(outcome(samples=(10.3,)), predicted)
+    verdict, reason = confirm(outcome(samples=(10.3,)), predicted, 0.05)
     assert verdict == "confirmed" and "+3.0 %" in reason and "±5.0 %" in reason
-    verdict, reason = confirm(outcome(samples=(10.3,), quality={"passed": False, "reasons": ["NaN"]}), predicted)
+    verdict, reason = confirm(outcome(samples=(10.3,), quality={"passed": False, "reasons": ["NaN"]}), predicted, 0.05)
     assert verdict == "unconfirmed" and "broken" in reason

@@ -18,6 +18,6 @@ def test_uuids_and_unique_prefixes_name_their_gpu():
 
 def test_the_list_ends_where_cuda_would_stop_reading_it():
     assert nvml_indices(GPUS, "1,7,2") == [1]  # no GPU 7: CUDA ignores what follows
-    assert nvml_indices(GPUS, "MIG-abc,1") == []
+    assert nvml_indices(GPUS, "MIG-abc,1") is None  # a slice NVML cannot watch whole: unknown, not absent
     assert nvml_indices(GPUS, "GPU-,1") == []  # a prefix of every UUID names none
     assert nvml_indices(GPUS, "") == []  # CUDA_VISIBLE_DEVICES= hides every GPU
