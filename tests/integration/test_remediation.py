@@ -154,8 +154,9 @@ def test_out_of_memory_walks_the_memory_savers_then_falls_back_to_a_smaller_work
 def test_a_trial_past_its_deadline_is_killed_recorded_and_the_run_goes_on(tmp_path):
     book = small_playbook(
         timeouts={"deadline_s": 45, "idle_timeout_s": 30},
+        workload={"height": 96, "width": 160, "frames": 17},
         ladder=[
-            # 1000 CFG steps cannot finish in 45 s on this machine: a hang, as far as the agent can tell.
+            # 4 clips of 1000 CFG steps cannot finish in 45 s at this size: a hang, as far as the agent can tell.
             {"name": "slow", "hypothesis": "Far more steps.", "set": {"steps": 1000}},
             {"name": "lightning", "hypothesis": "4 steps.", "set": {"lightning": True, "steps": 4}, "gate": "reference_free"},
         ],

@@ -85,11 +85,10 @@ def test_a_disk_filling_up_mid_trial_stops_the_run_and_resume_reruns_that_trial(
     # Filled as soon as the worker starts: it is still importing, so it cannot finish before the disk is full.
     wait_for(lambda: (trial / "stdout.log").exists(), 300, "the fp8 trial to start")
     filler = small_fs / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush (and fail) on close
         try:
             while True:
                 f.write(b"\0" * 2**16)
-                f.flush()
         except OSError:
             pass  # the disk is full
     assert agent.wait(timeout=300) == 1
