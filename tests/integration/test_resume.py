@@ -51,13 +51,17 @@ def start_agent_until_fp8_is_timing(tmp_path: Path, runs: Path) -> tuple[subproc
 def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
     runs = tmp_path / "runs"
     agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
+    worker = _worker_pid(session)
+    if resume_when == "trial_still_running":  # held until the resumed agent re-attaches: a tiny trial ends in ~1 s
+        os.kill(worker, signal.SIGSTOP)
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait()
     assert tmux.is_running(session), "the worker lives on in its tmux session"
     if resume_when == "trial_finished_meanwhile":
         wait_for(lambda: (trial / "exit_code").exists(), 300, "the orphaned trial to finish")
-
-    done = wan_agent("resume", run_id, runs_dir=runs)
+        done = wan_agent("resume", run_id, runs_dir=runs)
+    else:
+        done = _resume_then_release(runs, run_id, worker)
     assert done.returncode == 0, done.stderr
 
     lines = (runs / run_id / "journal.jsonl").read_text().splitlines()
@@ -95,6 +99,22 @@ def test_two_agents_cannot_drive_one_run(tmp_path):
     finally:
         agent.kill()
         agent.wait()
+
+
+def _resume_then_release(runs: Path, run_id: str, worker: int) -> subprocess.CompletedProcess:
+    """`wan-agent resume`, letting the stopped worker go on once the resumed agent has re-attached to it."""
+    argv = [*WAN_AGENT, "--runs-dir", str(runs), "resume", run_id]
+    resumed = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    said = []
+    for line in resumed.stderr:  # type: ignore[union-attr]
+        said.append(line)
+        if "re-attaching" in line:
+            os.kill(worker, signal.SIGCONT)
+            break
+    else:
+        os.kill(worker, signal.SIGCONT)
+    out, err = resumed.communicate(timeout=300)
+    return subprocess.CompletedProcess(resumed.args, resumed.returncode, out, "".join(said) + err)
 
 
 def _worker_pid(session: str) -> int | None:
