@@ -29,7 +29,7 @@ def config(model, out: Path, **knobs) -> TrialConfig:
         lora=LoraFiles(**model.lora) if lightning else None,
         workload=Workload(prompt="A cat walking on the grass", height=48, width=64, frames=9, seed=7),
         knobs=Knobs(**{"steps": 4} | knobs),
-        measurement=Measurement(warmup=1, repeats=2),
+        measurement=Measurement(warmup=1, repeats=2, cpu_threads=1),  # as the tiny playbook's trials: steady under load
     )
 
 
@@ -57,7 +57,7 @@ def test_writes_timings_per_stage_and_step_and_a_playable_video(model, tmp_path)
         assert len(rep["step_s"]) == 6 and all(s > 0 for s in rep["step_s"])
         assert rep["step_expert"][0] == "transformer" and rep["step_expert"][-1] == "transformer_2"
     assert result["summary"]["repeats"] == 2 and result["memory"]["peak_rss_GiB"] > 0
-    assert result["quality"]["passed"]
+    assert result["quality"]["passed"] and result["setup"]["cpu_threads"] == 1
     frames = iio.imread(tmp_path / "t" / "video.mp4")
     assert frames.shape[0] == 9 and frames.shape[1:3] == (48, 64)
 
@@ -86,7 +86,7 @@ def test_an_invalid_trial_file_exits_2(tmp_path):
 
 def test_probe_mode_predicts_the_clip_and_writes_the_check_output(model, tmp_path):
     cfg = config(model, tmp_path / "p", steps=8).model_copy(
-        update={"measurement": Measurement(warmup=1, repeats=1, mode="probe")}
+        update={"measurement": Measurement(warmup=1, repeats=1, mode="probe", cpu_threads=1)}
     )
     code, result, log = work(cfg)
     assert code == 0, log
