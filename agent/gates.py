@@ -43,7 +43,6 @@ def trades_precision(knobs: dict, reference_knobs: dict) -> bool:
 
 def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict, decision: dict) -> dict:
     """``{"passed", "reason", "bounds"}`` for a same-function trial; ``noise`` is the reference's, None if unmeasured."""
-    decision = {"noise_multiple": 3.0, "max_relative_error": 0.1, "min_psnr_dB": 35.0} | decision  # older runs' rules
     changes = changed(knobs, reference_knobs)
     multiple = decision["noise_multiple"]
     bounds: dict = {}

@@ -10,6 +10,8 @@ from agent import gates
 from agent.decision import confirm, judge
 from agent.nodes import journal
 from agent.nodes.plan import reference_dir, size
+from agent.playbook import Decision
+from agent.runtime.config import Measurement
 from agent.state import AgentState, RunContext
 from agent.telemetry import watched_whole
 
@@ -51,12 +53,14 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     candidate, best = state["candidate"], state.get("best")
     assert candidate is not None
     outcome = candidate["outcome"]
-    rules = state["playbook"]["decision"]
+    # Through the models, so that a run started under older rules gets today's defaults for what it lacks.
+    rules = Decision.model_validate(state["playbook"]["decision"]).model_dump()
+    tolerance = Measurement.model_validate(state["playbook"]["measurement"]).probe_tolerance
     same_function = candidate.get("gate") == "fidelity"
-    gate = _fidelity_gate(state, candidate) if same_function else None
+    gate = _fidelity_gate(state, candidate, rules) if same_function else None
     if candidate.get("gate") == "confirm":
         assert best is not None  # plan confirms only a winner
-        verdict, reason = confirm(outcome, best, state["playbook"]["measurement"].get("probe_tolerance", 0.05))
+        verdict, reason = confirm(outcome, best, tolerance)
     else:
         verdict, reason = judge(outcome, best, rules["min_gain"], gate)
     verdict, reason = _workload_check(verdict, reason, candidate, best, state["playbook"]["workload"])
@@ -88,7 +92,7 @@ def evaluate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     return update
 
 
-def _fidelity_gate(state: AgentState, candidate: dict) -> dict | None:
+def _fidelity_gate(state: AgentState, candidate: dict, rules: dict) -> dict | None:
     """The same-function check of a finished trial against its reference trial (None if it produced no result)."""
     result = candidate["outcome"].get("result") or {}
     done = state.get("trials", [])
@@ -99,7 +103,6 @@ def _fidelity_gate(state: AgentState, candidate: dict) -> dict | None:
     if reference is None:  # never waved through unchecked
         return {"passed": False, "reason": f"no reference trial ({wanted}) to check this same-function rung against"}
     noise = (reference.get("fidelity") or {}).get("noise")
-    rules = state["playbook"]["decision"]
     return gates.check(result.get("fidelity") or {}, noise, candidate["knobs"], reference["knobs"], rules)
 
 
