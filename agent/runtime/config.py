@@ -121,8 +121,8 @@ class Measurement(Strict):
     fewest: int = Field(default=3, ge=1, le=50)
     most: int = Field(default=10, ge=1, le=50)
     # Threads a trial on the CPU computes with (None: torch's default, one per core). With as many threads as
-    # cores, other load on the machine deschedules one of them at every barrier: 5-10x slower clips at random
-    # on 2 shared cores, where 1 thread ran 20 % slower but steady. Every trial of a run uses the same number.
+    # cores, other load on the machine deschedules one of them at every barrier: up to 8x slower clips on 2 shared
+    # cores, where 1 thread ran up to 2.2x (benchmarks/tiny_noise.py). Every trial of a run uses the same number.
     cpu_threads: int | None = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")

@@ -181,8 +181,9 @@ def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> 
 
 def numerical_noise(pipe, config: TrialConfig, device: torch.device, positive, check: dict[str, np.ndarray]) -> dict:
     """How far this configuration's check outputs move when their input moves by half a rounding step of its
-    precision: differences of that size are numerics, not another function (on the tiny model in bf16 it equals
-    bf16's own error against fp32). Measured by reference trials; same-function rungs are judged against it."""
+    precision: differences of that size are numerics, not another function (on the tiny model in bf16 it is
+    the size of bf16's own error against fp32: benchmarks/tiny_noise.py). Measured by reference trials;
+    same-function rungs are judged against it."""
     from agent.quality import fidelity, relative_error
     from agent.runtime.pipeline import DTYPES
 
