@@ -5,11 +5,14 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: ./start_wan.sh [--rebench] [--runs-dir DIR] "PROMPT"
+usage: ./start_wan.sh [--rebench] [--synthetic] [--runs-dir DIR] "PROMPT"
        ./start_wan.sh --install-only [--dev]
 
   PROMPT          what to generate with the winning configuration (quote it)
   --rebench       search again even if this hardware already has a converged run
+  --synthetic     random weights with the real architecture: benchmark without downloading (videos are noise);
+                  same as WAN_AGENT_SOURCE=synthetic. On a GPU the default is the real Wan2.2 variant that fits,
+                  downloaded from the Hugging Face Hub (HF_ENDPOINT for a mirror) or ModelScope
   --runs-dir DIR  where runs live (default: runs, or $WAN_AGENT_RUNS)
   --install-only  make .venv and install, then stop (--dev adds the test tools)
 USAGE
@@ -21,6 +24,7 @@ runs_dir="${WAN_AGENT_RUNS:-runs}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rebench) rebench=1 ;;
+    --synthetic) export WAN_AGENT_SOURCE=synthetic ;;
     --install-only) install_only=1 ;;
     --dev) dev=1 ;;
     --runs-dir) [ $# -ge 2 ] || { echo "start_wan.sh: --runs-dir needs a directory" >&2; exit 2; }; runs_dir="$2"; shift ;;

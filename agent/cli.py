@@ -1,7 +1,7 @@
-"""The ``wan-agent`` command: run, resume, stop, generate, journal.
+"""The ``wan-agent`` command: run, resume, stop, generate, journal, fetch.
 
 stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
-stderr. Exit status: 0 done, 1 the run or generation failed, 2 bad input (the message says which
+stderr. Exit status: 0 done, 1 the run, generation or download failed, 2 bad input (the message says which
 field and what is allowed), 3 converged but with verdicts the host's noise left open (inconclusive, or a
 probe prediction the full clip did not confirm), 130 interrupted.
 """
@@ -17,20 +17,38 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent import hardware, playbook, reuse, runs
+from agent import hardware, playbook, reuse, runs, sources, variants
 from agent.files import storage_problem
-from agent.sources import SourceError
+from agent.sources import DownloadFailed, SourceError
 from agent.state import RunStopped
 
 logger = logging.getLogger("wan-agent")
 UNRESOLVED_EXIT = 3  # converged, but some verdicts were left open by the host's noise
 
 
-def pick_playbook(info: dict) -> str:
-    """The playbook for this hardware: the tiny synthetic model without a GPU, a full-size one with."""
-    if info["gpus"] and playbook.find("a14b").exists():
-        return "a14b"
-    return "tiny"
+def pick_playbook(info: dict) -> tuple[str, str]:
+    """The playbook for this hardware, and why: the tiny synthetic model without a GPU; with one, the playbook of
+    the real variant that fits it (playbooks/variants.yaml)."""
+    variant, passed_over = variants.fit(info)
+    if not info["gpus"]:
+        return "tiny", "no CUDA GPU: the tiny synthetic model, to exercise the whole loop on CPU"
+    if variant is None or variant.playbook is None:
+        raise runs.RunError(
+            "no Wan2.2 variant fits this GPU: " + "; ".join(passed_over) + ". Name one with --playbook (see playbooks/)"
+        )
+    because = f"{variant.name} fits {info['gpus'][0]['name']} ({info['gpus'][0]['memory_GiB']} GiB)"
+    return variant.playbook, because + (f"; passed over: {'; '.join(passed_over)}" if passed_over else "")
+
+
+def _source(book: playbook.Playbook, asked: str | None) -> playbook.Playbook:
+    """``--source``/``--synthetic`` (or WAN_AGENT_SOURCE): the playbook's model from elsewhere, same everything else."""
+    if not asked:
+        return book
+    spec = sources.synthetic_twin(book.model.source) if asked == "synthetic" else asked
+    if not sources.is_known(spec):
+        raise SourceError(f"--source {asked!r}: use 'synthetic', a variant ({', '.join(variants.load())}) or SCHEME:... "
+                          f"({', '.join(sources.SCHEMES)})")  # fmt: skip
+    return book.model_copy(update={"model": book.model.model_copy(update={"source": spec})})
 
 
 def _runs_dir(args) -> Path:
@@ -39,15 +57,16 @@ def _runs_dir(args) -> Path:
 
 def cmd_run(args) -> int:
     info = hardware.probe()
-    name = pick_playbook(info) if args.playbook == "auto" else args.playbook
-    book = runs.with_prompt(playbook.load(name), args.prompt)
+    name, because = pick_playbook(info) if args.playbook == "auto" else (args.playbook, "named with --playbook")
+    book = _source(runs.with_prompt(playbook.load(name), args.prompt), args.source or os.environ.get("WAN_AGENT_SOURCE"))
+    logger.info("playbook %s (%s); model %s", book.name, because, book.model.source)
     runs_dir = _runs_dir(args)
     if args.reuse:
         found = reuse.find_converged(runs_dir, reuse.key(book.model_dump(), info, hardware.versions()))
         if found:
             print(found)
             return 0
-    run_id = runs.start(book, runs_dir)
+    run_id = runs.start(book, runs_dir, chosen_because=because)
     logger.info("run %s started in %s (resume with: wan-agent resume %s)", run_id, runs_dir / run_id, run_id)
     print(run_id, flush=True)
     return _finish(_drive(run_id, runs_dir), runs_dir / run_id)
@@ -103,6 +122,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_fetch(args) -> int:
+    cache = Path(args.cache) if args.cache else runs.context(_runs_dir(args)).cache_dir
+    files = sources.resolve(args.source, cache.resolve())
+    for record in files.downloads:
+        logger.info(
+            "%s@%s: %d files, %.2f GB from %s (%.2f GB fetched in %.0f s%s), verified",
+            record["repo"], record["revision"][:12], record["files"], record["size_bytes"] / 1e9, record["endpoint"],
+            record["fetched_bytes"] / 1e9, record["seconds"], f", {record['MB_per_s']} MB/s" if record["MB_per_s"] else "",
+        )  # fmt: skip
+    print(files.path)
+    if files.lora:
+        print("\n".join(files.lora.values()))
+    return 0
+
+
 def cmd_journal(args) -> int:
     path = runs.path_of(_runs_dir(args), args.run_id) / "journal.md"
     if not path.exists():
@@ -126,6 +160,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the id of a converged run for this playbook and hardware instead of searching again",
     )
+    run.add_argument(
+        "--source",
+        help="take the model from here instead of the playbook's: 'synthetic' (random weights, no download), a variant, "
+        "hf:REPO[@REV], modelscope:REPO[@REV], local:PATH (default: $WAN_AGENT_SOURCE, else the playbook's)",
+    )
     run.set_defaults(func=cmd_run)
     resume = sub.add_parser("resume", help="continue a run that stopped")
     resume.add_argument("run_id")
@@ -140,6 +179,10 @@ def parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop a run: its agent and its trial (resume continues it)")
     stop.add_argument("run_id")
     stop.set_defaults(func=cmd_stop)
+    fetch = sub.add_parser("fetch", help="download and verify a variant or source without running anything; prints its path")
+    fetch.add_argument("source", help=f"a variant ({', '.join(variants.load())}), hf:REPO[@REV] or modelscope:REPO[@REV]")
+    fetch.add_argument("--cache", help="where models are kept (default: $WAN_AGENT_CACHE, else RUNS_DIR/.cache)")
+    fetch.set_defaults(func=cmd_fetch)
     return p
 
 
@@ -156,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("httpx", "diffusers", "transformers", "libtmux"):
+    for noisy in ("httpx", "httpx2", "diffusers", "transformers", "libtmux", "modelscope_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (playbook.PlaybookError, runs.RunError, SourceError) as err:
+    except DownloadFailed as err:
+        print(f"wan-agent: {err}", file=sys.stderr)
+        return 1
+    except (playbook.PlaybookError, runs.RunError, SourceError, variants.VariantError) as err:
         print(f"wan-agent: {err}", file=sys.stderr)
         return 2
     except ValidationError as err:

@@ -156,6 +156,30 @@ def _unresolved(names: list[str], decisions: dict) -> str:
     )
 
 
+def _weights(started: dict) -> list[str]:
+    """The journal's first word on what the videos can be: noise by design, or the real model's."""
+    source = started.get("source")
+    if started.get("weights") == "synthetic":
+        return [
+            f"**Synthetic weights** (`{source}`): the real Wan2.2 architecture with random weights, to measure speed "
+            "without downloading. Its videos are noise by design; run without `--synthetic` to render prompts.",
+            "",
+        ]
+    return [f"Real Wan2.2 weights (`{source}`).", ""] if source else []
+
+
+def _download(d: dict) -> str:
+    rate = f" ({d['MB_per_s']} MB/s)" if d.get("MB_per_s") else ""
+    fetched = f"{d['fetched_bytes'] / 1e9:.2f} GB fetched in {d['seconds']:.0f} s{rate}"
+    if not d["fetched_bytes"]:
+        fetched = "already in the cache"
+    tried = f"; tried first: {' | '.join(d['tried_before'])}" if d.get("tried_before") else ""
+    return (
+        f"`{d['repo']}` @ `{d['revision'][:12]}` from {d['hub']} ({d['endpoint']}): {d['files']} files, "
+        f"{d['size_bytes'] / 1e9:.2f} GB, {fetched}; sizes and checksums verified{tried}"
+    )
+
+
 def render_markdown(events: list[dict]) -> str:
     by_kind: dict[str, list[dict]] = {}
     for e in events:
@@ -168,7 +192,10 @@ def render_markdown(events: list[dict]) -> str:
     lines = [
         f"# wan-agent run {started.get('run_id', '?')}",
         "",
-        f"Playbook `{started.get('playbook', '?')}`; hardware: {first('probe').get('summary', 'not probed yet')}.",
+        *_weights(started),
+        f"Playbook `{started.get('playbook', '?')}`"
+        + (f" ({started['chosen_because']})" if started.get("chosen_because") else "")
+        + f"; hardware: {first('probe').get('summary', 'not probed yet')}.",
         "",
         f"Workload: {workload.get('width')}×{workload.get('height')}, {workload.get('frames')} frames, "
         f"seed {workload.get('seed')}. Prompt:",
@@ -186,6 +213,7 @@ def render_markdown(events: list[dict]) -> str:
         model = first("fetch")["model"]
         lora = "yes" if model.get("lightning") else "none"
         lines.append(f"- Model: `{model['spec']}` at `{model['path']}`; Lightning LoRA: {lora}")
+        lines += [f"- {_download(d)}" for d in model.get("downloads", [])]
     nvml = first("probe").get("hardware", {}).get("nvml")
     if nvml and nvml != "ok":
         lines.append(f"- Telemetry: NVML {nvml}; CPU and RAM recorded, power, energy and GPU figures not measured")

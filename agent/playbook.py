@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from agent import sources, variants
 from agent.runtime.config import Knobs, Measurement, Strict, Workload
-from agent.sources import SCHEMES
 
 PLAYBOOK_DIR = Path(os.environ.get("WAN_AGENT_PLAYBOOKS", Path(__file__).resolve().parent.parent / "playbooks"))
 
@@ -29,15 +29,17 @@ class PlaybookError(ValueError):
 
 
 class ModelSpec(Strict):
-    source: str  # synthetic:NAME or local:PATH
+    source: str  # a variant name (playbooks/variants.yaml), hf:REPO[@REV], modelscope:REPO[@REV], local:PATH, synthetic:NAME
     seed: int = Field(default=0, ge=0)  # weights of a synthetic model
 
     @field_validator("source")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        scheme, _, rest = value.partition(":")
-        if scheme not in SCHEMES or not rest:
-            raise ValueError(f"{value!r} is not a known source; use one of {', '.join(s + ':...' for s in SCHEMES)}")
+    def _known_source(cls, value: str) -> str:
+        if not sources.is_known(value):
+            raise ValueError(
+                f"{value!r} is not a known source; use a variant ({', '.join(variants.load())}) or one of "
+                f"{', '.join(s + ':...' for s in sources.SCHEMES)}"
+            )
         return value
 
 
@@ -192,6 +194,13 @@ def _format_errors(err: ValidationError, model: type[BaseModel]) -> str:
     return "; ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines)
 
 
+NOT_PLAYBOOKS = ("variants",)  # playbooks/variants.yaml is the variant registry (agent/variants.py)
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in PLAYBOOK_DIR.glob("*.yaml") if p.stem not in NOT_PLAYBOOKS)
+
+
 def find(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -201,10 +210,12 @@ def find(name_or_path: str) -> Path:
 
 def load(name_or_path: str) -> Playbook:
     path = find(name_or_path)
+    if path.stem in NOT_PLAYBOOKS and path.parent.resolve() == PLAYBOOK_DIR.resolve():
+        raise PlaybookError(f"{path} is the variant registry, not a playbook; playbooks: {', '.join(names())}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        known = ", ".join(sorted(p.stem for p in PLAYBOOK_DIR.glob("*.yaml")))
+        known = ", ".join(names())
         raise PlaybookError(f"playbook {name_or_path!r} not found ({path}); known: {known}") from None
     except yaml.YAMLError as err:
         raise PlaybookError(f"playbook {path}: not valid YAML: {err}") from None

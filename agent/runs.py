@@ -126,7 +126,7 @@ def with_prompt(book: Playbook, prompt: str | None) -> Playbook:
     return book.model_copy(update={"workload": workload})
 
 
-def start(book: Playbook, runs_dir: Path) -> str:
+def start(book: Playbook, runs_dir: Path, chosen_because: str = "") -> str:
     """Create the run directory and its initial state; return the run id."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{book.name}-{secrets.token_hex(2)}"
     run_dir = runs_dir / run_id
@@ -142,7 +142,16 @@ def start(book: Playbook, runs_dir: Path) -> str:
         "status": "running",
     }
     write_json_atomic(run_dir / "start.json", state)
-    Journal(run_dir).record("run_started", key="start", run_id=run_id, playbook=book.name, workload=book.workload.model_dump())
+    Journal(run_dir).record(
+        "run_started",
+        key="start",
+        run_id=run_id,
+        playbook=book.name,
+        chosen_because=chosen_because,
+        source=book.model.source,
+        weights=sources.weights_of(book.model.source),
+        workload=book.workload.model_dump(),
+    )
     return run_id
 
 

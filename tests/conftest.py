@@ -26,6 +26,54 @@ def _isolation(tmp_path_factory):
     subprocess.run(["tmux", "-L", os.environ["WAN_AGENT_TMUX_SOCKET"], "kill-server"], capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def fake_hub(tmp_path_factory):
+    """A local Hub + ModelScope on loopback serving the T2V-A14B and Lightning repos (tiny weights, real layout)."""
+    from agent import variants
+    from tests.fakehub import FakeHub, build_wan_repos
+
+    repos = build_wan_repos(tmp_path_factory.mktemp("hub-repos"))
+    pinned = variants.get("t2v-a14b").hub.revision
+    with FakeHub() as hub:
+        for repo_id, root in repos.items():
+            hub.add(repo_id, root, sha=pinned if repo_id == variants.get("t2v-a14b").hub.repo else "1" * 40)
+        hub.home = tmp_path_factory.mktemp("modelscope-home")
+        yield hub
+
+
+@pytest.fixture
+def hub(fake_hub):
+    """The session's fake hub, behaving well at the start of each test."""
+    fake_hub.down.clear()
+    fake_hub.silent.clear()
+    fake_hub.corrupt.clear()
+    fake_hub.stall = None
+    fake_hub.requests.clear()
+    fake_hub.authorizations.clear()
+    yield fake_hub
+    if fake_hub.stall:
+        fake_hub.stall.release.set()
+
+
+def hub_env(hub, **more: str) -> dict[str, str]:
+    """The environment that points the real clients at ``hub`` (and lets them use the network)."""
+    return (
+        os.environ
+        | {
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_XET": "1",
+            "MODELSCOPE_ENDPOINT": hub.url,
+            "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
+            "MODELSCOPE_HOME": str(hub.home),
+            "MODELSCOPE_LOG_LEVEL": "30",
+            "WAN_AGENT_PROGRESS_S": "0.2",
+        }
+        | more
+    )
+
+
 def small_playbook(**overrides) -> dict:
     """The tiny playbook shrunk so that a whole run takes tens of seconds on 2 cores."""
     book = yaml.safe_load((ROOT / "playbooks" / "tiny.yaml").read_text())

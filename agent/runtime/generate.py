@@ -60,10 +60,14 @@ def expert_for(pipe, timestep) -> str:
     return "transformer" if float(timestep) >= boundary_timestep(pipe) else "transformer_2"
 
 
+def two_experts(pipe) -> bool:
+    return pipe.config.boundary_ratio is not None
+
+
 def encode(pipe, config: TrialConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Prompt (and, if either expert runs CFG, negative prompt) embeddings on ``device``, and the seconds it took."""
     knobs, work = config.knobs, config.workload
-    cfg = max(knobs.guidance_scale, knobs.guidance_scale_2) > 1.0
+    cfg = max(knobs.guidance_scale, knobs.guidance_scale_2 if two_experts(pipe) else 0.0) > 1.0
     text_device = pipe.text_encoder.device if knobs.text_encoder_on_cpu else device
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -105,7 +109,8 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
         num_frames=work.frames,
         num_inference_steps=knobs.steps,
         guidance_scale=knobs.guidance_scale,
-        guidance_scale_2=knobs.guidance_scale_2,
+        # A one-expert model (the 5B) has no low-noise expert, and diffusers refuses a second scale for it.
+        **({"guidance_scale_2": knobs.guidance_scale_2} if two_experts(pipe) else {}),
         generator=torch.Generator(device="cpu").manual_seed(work.seed),
         output_type="latent",
         callback_on_step_end=step_end,

@@ -23,7 +23,8 @@ from agent.runtime.pipeline import experts
 
 def _latents(pipe, config: TrialConfig, device: torch.device, seed: int) -> torch.Tensor:
     work = config.workload
-    shape = (1, pipe.transformer.config.in_channels, (work.frames - 1) // 4 + 1, work.height // 8, work.width // 8)
+    t, s = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial  # 4 and 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE)
+    shape = (1, pipe.transformer.config.in_channels, (work.frames - 1) // t + 1, work.height // s, work.width // s)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device, pipe.transformer.dtype)
 
 
@@ -60,9 +61,16 @@ def timer(device: torch.device):
     return lambda: time.perf_counter() - t0
 
 
-def _step(model, latents, timestep, positive, negative, guidance: float) -> torch.Tensor:
-    """One denoising step's transformer work: the conditional forward, and the unconditional one under CFG."""
-    t = torch.tensor([timestep], device=latents.device)
+def _step(model, latents, timestep, positive, negative, guidance: float, per_token: bool) -> torch.Tensor:
+    """One denoising step's transformer work: the conditional forward, and the unconditional one under CFG. With
+    ``per_token`` (the 5B's ``expand_timesteps``) the timestep goes in once per latent token, as the pipeline passes
+    it (text-to-video: the same value everywhere), so the model computes a modulation per token, as in a clip."""
+    if per_token:
+        _, p_h, p_w = model.config.patch_size
+        tokens = latents.shape[2] * (latents.shape[3] // p_h) * (latents.shape[4] // p_w)
+        t = torch.full((latents.shape[0], tokens), float(timestep), device=latents.device)
+    else:
+        t = torch.tensor([timestep], device=latents.device)
     out = model(hidden_states=latents, timestep=t, encoder_hidden_states=positive, return_dict=False)[0]
     if guidance > 1.0:
         uncond = model(hidden_states=latents, timestep=t, encoder_hidden_states=negative, return_dict=False)[0]
@@ -77,6 +85,7 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
     split = expert_steps(pipe, knobs.steps)
     guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
     latents = _latents(pipe, config, device, seed=config.workload.seed)
+    per_token = bool(pipe.config.expand_timesteps)
     state = latents.float()  # the pipeline keeps its latents in float32 between steps
     warmup = max(measure.warmup, 1)  # at least one untimed step: first calls compile, autotune, allocate
     count = measure.probe_steps
@@ -96,7 +105,7 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
                 scheduler = _scheduler_at(pipe, knobs.steps, t)
                 stop = timer(device)
                 # As the pipeline's loop does: float32 latents cast for the model, the scheduler's update after it.
-                out = _step(model, state.to(model.dtype), t, positive, negative, guidance[name])
+                out = _step(model, state.to(model.dtype), t, positive, negative, guidance[name], per_token)
                 scheduler.step(out, t, state, return_dict=False)
                 times.append(stop())
                 log(f"  probe {name} step {i + 1}/{warmup + count} {times[-1]:.3f} s")
@@ -174,7 +183,8 @@ def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> 
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             for i, t in enumerate(check_timesteps(pipe)[name]):
                 t0 = time.perf_counter()
-                outputs[f"{name}@{t:g}"] = _step(model, latents, t, positive, None, 1.0).float().cpu().numpy()
+                out = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps)
+                outputs[f"{name}@{t:g}"] = out.float().cpu().numpy()
                 first_s += time.perf_counter() - t0 if i == 0 else 0.0
     return outputs, first_s
 
@@ -193,7 +203,7 @@ def numerical_noise(pipe, config: TrialConfig, device: torch.device, positive, c
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             t = check_timesteps(pipe)[name][1]
-            moved = _step(model, latents, t, positive, None, 1.0).float().cpu().numpy()
+            moved = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps).float().cpu().numpy()
             noise[name] = relative_error(moved, check[f"{name}@{t:g}"])
     frame = check_decode(pipe, config, device, perturb=half_ulp)
     noise["vae_frame_psnr_dB"] = fidelity(frame / 255.0, check["vae_frame"] / 255.0)["psnr_dB"]

@@ -1,9 +1,10 @@
 """The `synthetic:` source: the real Wan2.2 architecture built from its config with random weights.
 
-No hub is reachable here, so the agent makes its own model: a two-expert diffusers ``WanPipeline``
-(``transformer`` high-noise, ``transformer_2`` low-noise), ``AutoencoderKLWan``, a UMT5 encoder and a
-locally made tokenizer, with weights fixed by a seed, plus a Lightning LoRA pair in the lightx2v key
-layout so that the LoRA path is real too.
+No hub is reachable here, so the agent makes its own model: a diffusers ``WanPipeline`` with two experts
+(``transformer`` high-noise, ``transformer_2`` low-noise: the A14B) or one (the TI2V-5B, with
+``expand_timesteps`` and the 48-channel Wan2.2 VAE), ``AutoencoderKLWan``, a UMT5 encoder and a locally made
+tokenizer, with weights fixed by a seed, plus (two experts only, as published) a Lightning LoRA pair in the
+lightx2v key layout so that the LoRA path is real too.
 
 ``tiny`` is saved in diffusers layout and loaded back with ``from_pretrained``, the path a downloaded
 model takes. Full-size presets (``a14b``) are built directly on the accelerator in the compute dtype
@@ -44,6 +45,43 @@ class SyntheticPreset:
     lora_rank: int
     on_disk: bool  # saved and reloaded through from_pretrained, or built directly on the device
     flow_shift: float = 3.0
+    experts: int = 2  # 2: high- and low-noise experts split at BOUNDARY_RATIO (A14B); 1: one for all steps (5B)
+    expand_timesteps: bool = False  # the 5B takes a timestep per token
+    lightning: bool = True  # lightx2v publishes no Lightning LoRA for the 5B
+
+
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: the Wan2.2 VAE (16x16 spatial, 4x temporal, 48 channels).
+WAN22_VAE = dict(
+    z_dim=48,
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    temperal_downsample=[False, True, True],
+    latents_mean=[
+        -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+        0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+        -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+        -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+    ],
+    latents_std=[
+        0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+        0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+        0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+        0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+    ],
+)  # fmt: skip
+UMT5_XXL = dict(
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
 
 
 PRESETS: dict[str, SyntheticPreset] = {
@@ -87,19 +125,63 @@ PRESETS: dict[str, SyntheticPreset] = {
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=1024,
         ),
-        text_encoder=dict(
-            d_model=4096,
-            d_kv=64,
-            d_ff=10240,
-            num_layers=24,
-            num_heads=64,
-            relative_attention_num_buckets=32,
-            relative_attention_max_distance=128,
-        ),
+        text_encoder=UMT5_XXL,
         vae=dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]),
         vocab_size=256384,
         lora_rank=64,  # the Lightning Seko-V1.1 files are rank 64
         on_disk=False,
+    ),
+    # Wan-AI/Wan2.2-TI2V-5B-Diffusers: one 5.0 B transformer over the 48-channel latents; UMT5-XXL; Wan2.2 VAE.
+    "5b": SyntheticPreset(
+        transformer=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=24,
+            attention_head_dim=128,
+            in_channels=48,
+            out_channels=48,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=14336,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=1024,
+        ),
+        text_encoder=UMT5_XXL,
+        vae=dict(WAN22_VAE, base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+        vocab_size=256384,
+        lora_rank=0,
+        on_disk=False,
+        flow_shift=5.0,
+        experts=1,
+        expand_timesteps=True,
+        lightning=False,
+    ),
+    # The 5B's shape (one transformer, 48 latent channels, the Wan2.2 VAE's 16x compression) at toy size: CPU tests.
+    "tiny-5b": SyntheticPreset(
+        transformer=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=3,
+            attention_head_dim=32,
+            in_channels=48,
+            out_channels=48,
+            text_dim=64,
+            freq_dim=64,
+            ffn_dim=512,
+            num_layers=4,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=64,
+        ),
+        text_encoder=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        vae=dict(WAN22_VAE, base_dim=8, decoder_base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
+        vocab_size=256,
+        lora_rank=0,
+        on_disk=True,
+        flow_shift=5.0,
+        experts=1,
+        expand_timesteps=True,
+        lightning=False,
     ),
 }
 
@@ -169,7 +251,7 @@ def build_pipeline(name: str, seed: int, device="cpu", dtype=None, home=None):
         text_encoder = _placed(UMT5EncoderModel(UMT5Config(vocab_size=p.vocab_size, **p.text_encoder)).eval(), home, dtype)
         keep = dtype != torch.float32
         transformer = _placed(WanTransformer3DModel(**p.transformer), home, dtype, keep_fp32=keep)
-        transformer_2 = _placed(WanTransformer3DModel(**p.transformer), home, dtype, keep_fp32=keep)
+        transformer_2 = _placed(WanTransformer3DModel(**p.transformer), home, dtype, keep_fp32=keep) if p.experts == 2 else None
         vae = _placed(AutoencoderKLWan(**p.vae), home, dtype)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=p.flow_shift)
     return WanPipeline(
@@ -179,7 +261,8 @@ def build_pipeline(name: str, seed: int, device="cpu", dtype=None, home=None):
         scheduler=scheduler,
         transformer=transformer,
         transformer_2=transformer_2,
-        boundary_ratio=BOUNDARY_RATIO,
+        boundary_ratio=BOUNDARY_RATIO if p.experts == 2 else None,
+        expand_timesteps=p.expand_timesteps,
     )
 
 
@@ -210,11 +293,13 @@ def lightning_lora_state_dict(name: str, seed: int, device="cpu", dtype=None) ->
 
 
 def write(name: str, seed: int, target: Path) -> None:
-    """Save pipeline and Lightning LoRA pair to ``target`` (diffusers layout + ``lightning/``)."""
+    """Save pipeline and (where the model has one) Lightning LoRA pair to ``target`` (diffusers layout + ``lightning/``)."""
     from safetensors.torch import save_file
 
     pipe = build_pipeline(name, seed)
     pipe.save_pretrained(target)
+    if not preset(name).lightning:
+        return
     lora_dir = target / "lightning"
     lora_dir.mkdir()
     save_file(lightning_lora_state_dict(name, seed + 1), lora_dir / "high_noise_model.safetensors")

@@ -15,17 +15,19 @@ import yaml
 
 from agent import tmux
 from agent.quality import relative_error
-from tests.conftest import ROOT, small_playbook, wan_agent, write_playbook
+from tests.conftest import ROOT, hub_env, small_playbook, wan_agent, write_playbook
 
 TOKEN = "hf_canary" + secrets.token_hex(12)  # in the agent's environment; must reach no trial, log or journal
 EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOME\nsecond line\ttab'
 
 
 @pytest.fixture(scope="module")
-def converged(tmp_path_factory):
+def converged(tmp_path_factory, fake_hub):
+    """One whole run on the tiny model as a user with a network gets it: fetched from the (fake) Hub with the
+    real client, by the variant's name, with tokens in the environment. Later commands run offline."""
     base = tmp_path_factory.mktemp("agent")
-    book = write_playbook(base / "tiny-test.yaml", small_playbook())
-    secrets_env = os.environ | {"HF_TOKEN": TOKEN, "MODELSCOPE_API_TOKEN": TOKEN}
+    book = write_playbook(base / "tiny-test.yaml", small_playbook(model={"source": "t2v-a14b", "seed": 0}))
+    secrets_env = hub_env(fake_hub, HF_TOKEN=TOKEN, MODELSCOPE_API_TOKEN=TOKEN)
     done = wan_agent("run", "--playbook", str(book), runs_dir=base / "runs", env=secrets_env)
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.strip()
@@ -41,6 +43,7 @@ def test_run_prints_its_id_and_converges_on_lightning(converged):
     run_dir = runs / run_id
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["run_id"] == run_id and best["playbook"] == "tiny-test"
+    assert best["model"]["weights"] == "real" and best["model"]["spec"] == "t2v-a14b"
     assert best["knobs"]["lightning"] is True and best["knobs"]["steps"] == 4
     decisions = {e["name"]: e["verdict"] for e in events(run_dir) if e["kind"] == "decision"}
     assert decisions["00-baseline"] == "baseline"
@@ -133,6 +136,7 @@ def test_run_json_and_journal_md_tell_the_story(converged):
     _, runs, run_id = converged
     run = json.loads((runs / run_id / "run.json").read_text())
     assert run["hardware"]["fingerprint"] and run["versions"]["torch"] and run["playbook"]["name"] == "tiny-test"
+    assert run["model"]["weights"] == "real" and run["model"]["downloads"][0]["hub"] == "huggingface"
     text = (runs / run_id / "journal.md").read_text()
     for needle in (
         "### 00-baseline",
@@ -143,6 +147,9 @@ def test_run_json_and_journal_md_tell_the_story(converged):
         "first forwards (compile, quantize, autotune) ",
         "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |",
         "Converged on **02-lightning** after 3 trials",
+        "Real Wan2.2 weights (`t2v-a14b`)",
+        "`Wan-AI/Wan2.2-T2V-A14B-Diffusers` @ `5be7df9619b5` from huggingface",
+        "sizes and checksums verified",
     ):
         assert needle in text
     if run["hardware"]["nvml"] != "ok":
@@ -249,6 +256,9 @@ def test_start_wan_generates_then_reuses_the_converged_run(tmp_path):
     assert first.returncode == 0, first.stderr
     video = Path(first.stdout.split("video:")[1].split()[0])
     assert video.is_file() and "journal:" in first.stdout
+    journal = Path(first.stdout.split("journal:")[1].split()[0])
+    head = (journal if journal.is_absolute() else tmp_path / journal).read_text().splitlines()[:4]
+    assert any("**Synthetic weights** (`synthetic:tiny`)" in line and "noise by design" in line for line in head)
     second = start_wan("A dog")
     assert second.returncode == 0, second.stderr
     assert "reusing converged run" in second.stderr

@@ -111,6 +111,35 @@ def test_memory_estimates_for_the_full_size_model():
     assert fp8["none"] < need["none"] - 30 * 2**30
 
 
+def test_memory_estimates_for_the_5b():
+    skeleton = synthetic.build_pipeline("5b", 0, device="meta", dtype=torch.bfloat16)
+    assert skeleton.transformer_2 is None and skeleton.config.expand_timesteps
+    params = sum(p.numel() for p in skeleton.transformer.parameters())
+    assert params / 1e9 == pytest.approx(5.0, rel=0.02)  # Wan2.2-TI2V-5B: 4.9998 B
+    assert skeleton.vae_scale_factor_spatial == 16 and skeleton.vae.config.z_dim == 48
+    work = Workload(prompt="x", height=704, width=1280, frames=121, seed=0)
+    need = memory.needs(skeleton, work, vae_tiling=True, fp8=False, text_encoder_on_cpu=False)
+    # One 10 GB transformer, UMT5-XXL, and 27,280 tokens of activations: a 40 GB card holds it all.
+    assert 25 * 2**30 < need["none"] < 40 * 2**30 and need["model"] < need["none"]
+
+
+def test_the_probe_feeds_the_5b_what_its_pipeline_feeds_it(tmp_path):
+    # With expand_timesteps the pipeline passes a timestep per latent token, and the model computes a modulation per
+    # token: a probe passing one timestep would time (and check) lighter work than a clip does.
+    five = sources.resolve("synthetic:tiny-5b", Path(os.environ["WAN_AGENT_CACHE"]))
+    cfg = config(five, tmp_path, steps=2).model_copy(
+        update={"workload": Workload(prompt="A cat", height=64, width=64, frames=9, seed=7)}
+    )
+    pipe, _, _ = pipeline.build(cfg, CPU)
+    seen: list[tuple] = []
+    pipe.transformer.register_forward_pre_hook(lambda _m, _a, kw: seen.append(tuple(kw["timestep"].shape)), with_kwargs=True)
+    generate(pipe, cfg, CPU, on_step=lambda *_: None)
+    positive, _, _ = encode(pipe, cfg, CPU)
+    probe.check_outputs(pipe, cfg, CPU, positive)
+    assert seen[0] == (1, 3 * 2 * 2)  # 3 latent frames of 4x4 latents, in 2x2 patches
+    assert set(seen) == {seen[0]}
+
+
 def test_direct_build_keeps_diffusers_fp32_modules():
     pipe = synthetic.build_pipeline("tiny", 0, device="cpu", dtype=torch.bfloat16)
     assert pipe.transformer.proj_out.weight.dtype == torch.bfloat16

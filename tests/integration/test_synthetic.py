@@ -64,7 +64,11 @@ def test_lightning_lora_fuses_into_both_experts(model):
 
 
 def test_unknown_sources_say_what_exists(tmp_path):
-    with pytest.raises(sources.SourceError, match="known: a14b, tiny"):
+    with pytest.raises(sources.SourceError, match="known: 5b, a14b, tiny, tiny-5b"):
         sources.resolve("synthetic:huge", tmp_path)
+    with pytest.raises(sources.SourceError, match=r"unknown variant 'wan-9000'; known: t2v-a14b, ti2v-5b"):
+        sources.resolve("wan-9000", tmp_path)
+    with pytest.raises(sources.SourceError, match="unknown scheme 'ftp'"):
+        sources.resolve("ftp:x/y", tmp_path)
     with pytest.raises(sources.SourceError, match="no model_index.json"):
         sources.resolve(f"local:{tmp_path}", tmp_path)

@@ -105,6 +105,28 @@ def test_probe_mode_predicts_the_clip_and_writes_the_check_output(model, tmp_pat
     assert 0 < noise["transformer"] < 0.05 and 0 < noise["transformer_2"] < 0.05 and noise["vae_frame_psnr_dB"] > 20
 
 
+def test_a_one_expert_model_shaped_like_the_5b_runs_probes_and_clips(tmp_path):
+    # synthetic:tiny-5b: one transformer for every step, timesteps per token, the Wan2.2 VAE's 16x compression.
+    five = sources.resolve("synthetic:tiny-5b", Path(os.environ["WAN_AGENT_CACHE"]))
+    assert five.lora is None and not five.lightning  # no Lightning LoRA is published for the 5B
+    probe = config(five, tmp_path / "p", steps=6).model_copy(
+        update={"measurement": Measurement(warmup=1, repeats=1, mode="probe", cpu_threads=1, probe_steps=3)}
+    )
+    probe = probe.model_copy(update={"workload": probe.workload.model_copy(update={"height": 64, "width": 64})})
+    code, result, log = work(probe)
+    assert code == 0, log
+    assert result["probe"]["steps"] == {"transformer": 6, "transformer_2": 0}
+    check = np.load(tmp_path / "p" / "check_output.npz")
+    assert sorted(f for f in check.files if "@" in f) == ["transformer@100", "transformer@500", "transformer@999"]
+    assert check["vae_frame"].shape == (1, 64, 64, 3)
+    clip = probe.model_copy(
+        update={"name": "c", "output_dir": str(tmp_path / "c"), "measurement": Measurement(warmup=0, repeats=1, cpu_threads=1)}
+    )
+    code, result, log = work(clip)
+    assert code == 0, log
+    assert iio.imread(tmp_path / "c" / "video.mp4").shape == (9, 64, 64, 3)
+
+
 def test_fidelity_against_a_reference_trial(model, tmp_path):
     base = config(model, tmp_path / "base")
     assert work(base)[0] == 0
