@@ -184,6 +184,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if not head and (ranged := self.headers.get("Range", "")).startswith("bytes="):
                 start = int(ranged.removeprefix("bytes=").split("-")[0] or 0)
                 status = 206
+                hub.requests.append((api, "RANGE", f"{name}@{start}"))
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             body = data[start:]
             headers |= {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}

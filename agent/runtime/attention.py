@@ -42,11 +42,14 @@ def requirement_problem(name: str) -> str | None:
     return None
 
 
-def self_attention_shape(transformer_config: dict, height: int, width: int, frames: int) -> tuple[int, int, int, int]:
-    """(batch, tokens, heads, head_dim) of the DiT's self-attention for a clip of this size."""
+def self_attention_shape(
+    transformer_config: dict, height: int, width: int, frames: int, spatial: int = 8, temporal: int = 4
+) -> tuple[int, int, int, int]:
+    """(batch, tokens, heads, head_dim) of the DiT's self-attention for a clip of this size, through a VAE that
+    compresses ``spatial`` x ``spatial`` x ``temporal`` (the Wan2.1 VAE of the A14B: 8 and 4; the 5B's: 16 and 4)."""
     t, h, w = transformer_config["patch_size"]
-    latent_frames = (frames - 1) // 4 + 1
-    tokens = (latent_frames // t) * (height // 8 // h) * (width // 8 // w)
+    latent_frames = (frames - 1) // temporal + 1
+    tokens = (latent_frames // t) * (height // spatial // h) * (width // spatial // w)
     return 1, tokens, transformer_config["num_attention_heads"], transformer_config["attention_head_dim"]
 
 

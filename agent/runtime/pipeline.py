@@ -94,7 +94,14 @@ def fp8_compute_filter(module: torch.nn.Module, fqn: str) -> bool:
 
 def _set_attention(pipe, config: TrialConfig, dtype: torch.dtype, device: torch.device) -> dict:
     work = config.workload
-    shape = attention.self_attention_shape(dict(pipe.transformer.config), work.height, work.width, work.frames)
+    shape = attention.self_attention_shape(
+        dict(pipe.transformer.config),
+        work.height,
+        work.width,
+        work.frames,
+        pipe.vae_scale_factor_spatial,
+        pipe.vae_scale_factor_temporal,
+    )
     report = attention.probe(config.knobs.attention, shape, dtype, device)
     if not report["usable"]:
         raise BackendUnavailable(f"attention backend {config.knobs.attention!r} skipped: {report['reason']}")

@@ -46,9 +46,19 @@ def _unreachable(err: BaseException) -> HubUnreachable:
     return HubUnreachable(f"{NAME} ({endpoint()}): {type(err).__name__}: {str(err).splitlines()[0][:300]}")
 
 
-def list_files(repo: str, revision: str, allow: list[str]) -> Listing:
+def _client():
+    """The modelscope client's API module; a missing client is one more unreachable source, not a crash."""
     _environment()
-    import modelscope_hub
+    try:
+        import modelscope  # noqa: F401  (snapshot_download)
+        import modelscope_hub
+    except ImportError as err:
+        raise HubUnreachable(f"{NAME}: its client is not installed ({err}); `pip install modelscope`") from err
+    return modelscope_hub
+
+
+def list_files(repo: str, revision: str, allow: list[str]) -> Listing:
+    modelscope_hub = _client()
     from huggingface_hub.utils import filter_repo_objects
 
     try:
@@ -62,7 +72,7 @@ def list_files(repo: str, revision: str, allow: list[str]) -> Listing:
 
 
 def download(listing: Listing, cache_dir: Path) -> Path:
-    _environment()
+    _client()
     from modelscope import snapshot_download
 
     try:

@@ -73,6 +73,33 @@ WAN22_VAE = dict(
         0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
     ],
 )  # fmt: skip
+# Wan2.2-T2V-A14B's experts (each 14.29 B parameters); the 5B is this with other widths.
+A14B_TRANSFORMER = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+)
+TINY_TRANSFORMER = dict(
+    A14B_TRANSFORMER,
+    # 96 wide: torchao 0.18 mistakes a per-tensor-scaled 128×128 FP8 weight for a 128×128-block one.
+    num_attention_heads=3,
+    attention_head_dim=32,
+    text_dim=64,
+    freq_dim=64,
+    ffn_dim=512,
+    num_layers=4,
+    rope_max_seq_len=64,
+)
+TINY_UMT5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 UMT5_XXL = dict(
     d_model=4096,
     d_kv=64,
@@ -88,22 +115,8 @@ PRESETS: dict[str, SyntheticPreset] = {
     # Sized so that a denoising step (not process start-up or imports) dominates a CPU trial while a
     # whole agent run stays within a few minutes on 2 cores.
     "tiny": SyntheticPreset(
-        transformer=dict(
-            patch_size=(1, 2, 2),
-            # 96 wide: torchao 0.18 mistakes a per-tensor-scaled 128×128 FP8 weight for a 128×128-block one.
-            num_attention_heads=3,
-            attention_head_dim=32,
-            in_channels=16,
-            out_channels=16,
-            text_dim=64,
-            freq_dim=64,
-            ffn_dim=512,
-            num_layers=4,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=64,
-        ),
-        text_encoder=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        transformer=TINY_TRANSFORMER,
+        text_encoder=TINY_UMT5,
         vae=dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
         vocab_size=256,
         lora_rank=4,
@@ -111,20 +124,7 @@ PRESETS: dict[str, SyntheticPreset] = {
     ),
     # Wan-AI/Wan2.2-T2V-A14B-Diffusers: each expert 14.29 B parameters; UMT5-XXL encoder; Wan2.1 VAE.
     "a14b": SyntheticPreset(
-        transformer=dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=40,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=13824,
-            num_layers=40,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024,
-        ),
+        transformer=A14B_TRANSFORMER,
         text_encoder=UMT5_XXL,
         vae=dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]),
         vocab_size=256384,
@@ -133,20 +133,7 @@ PRESETS: dict[str, SyntheticPreset] = {
     ),
     # Wan-AI/Wan2.2-TI2V-5B-Diffusers: one 5.0 B transformer over the 48-channel latents; UMT5-XXL; Wan2.2 VAE.
     "5b": SyntheticPreset(
-        transformer=dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=24,
-            attention_head_dim=128,
-            in_channels=48,
-            out_channels=48,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=14336,
-            num_layers=30,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024,
-        ),
+        transformer=dict(A14B_TRANSFORMER, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48),
         text_encoder=UMT5_XXL,
         vae=dict(WAN22_VAE, base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
         vocab_size=256384,
@@ -159,21 +146,8 @@ PRESETS: dict[str, SyntheticPreset] = {
     ),
     # The 5B's shape (one transformer, 48 latent channels, the Wan2.2 VAE's 16x compression) at toy size: CPU tests.
     "tiny-5b": SyntheticPreset(
-        transformer=dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=3,
-            attention_head_dim=32,
-            in_channels=48,
-            out_channels=48,
-            text_dim=64,
-            freq_dim=64,
-            ffn_dim=512,
-            num_layers=4,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=64,
-        ),
-        text_encoder=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        transformer=dict(TINY_TRANSFORMER, in_channels=48, out_channels=48),
+        text_encoder=TINY_UMT5,
         vae=dict(WAN22_VAE, base_dim=8, decoder_base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
         vocab_size=256,
         lora_rank=0,

@@ -13,6 +13,7 @@ import pytest
 
 from agent import variants
 from agent.sources import hub as hf
+from agent.sources import modelscope
 from tests.conftest import ROOT, WAN_AGENT, hub_env, small_playbook, wan_agent, write_playbook
 from tests.fakehub import LIGHTNING_REPO, T2V_REPO, Stall
 
@@ -51,12 +52,12 @@ def test_a_variant_is_fetched_verified_and_recorded(hub, tmp_path):
     assert hub.downloads("hf") == []
 
 
-def test_a_fetch_killed_half_way_resumes_and_never_trusts_the_half_file(hub, tmp_path):
+def kill_9_mid_file(hub, tmp_path: Path) -> None:
+    """Start `wan-agent fetch`, let the hub send part of SHARD, then kill -9 the fetch."""
     hub.stall = Stall(SHARD, after=100_000)
-    env = hub_env(hub)
     agent = subprocess.Popen(
         [*WAN_AGENT, "--runs-dir", str(tmp_path), "fetch", "t2v-a14b", "--cache", str(tmp_path / "cache")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=ROOT, env=hub_env(hub), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
         assert hub.stall.reached.wait(120), "the download never reached the stalled file"
@@ -66,13 +67,17 @@ def test_a_fetch_killed_half_way_resumes_and_never_trusts_the_half_file(hub, tmp
     finally:
         if agent.poll() is None:
             os.killpg(agent.pid, signal.SIGKILL)
+    hub.stall.release.set()
+    hub.stall = None
+
+
+def test_a_fetch_killed_half_way_resumes_and_never_trusts_the_half_file(hub, tmp_path):
+    kill_9_mid_file(hub, tmp_path)
     folder = hf.repo_folder(tmp_path / "cache", T2V_REPO)
     snapshot = folder / "snapshots" / VARIANT.hub.revision
     assert not (snapshot / SHARD).exists(), "a half file is under the name a run would trust"
     assert list((folder / "blobs").glob("*.incomplete")), "huggingface_hub keeps the partial bytes under a temp name"
     whole_before = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
-    hub.stall.release.set()
-    hub.stall = None
     hub.requests.clear()
     done = fetch(tmp_path, hub)
     assert done.returncode == 0, done.stderr
@@ -80,6 +85,21 @@ def test_a_fetch_killed_half_way_resumes_and_never_trusts_the_half_file(hub, tmp
     assert SHARD in again and not (whole_before & again), "files finished before the kill were fetched again"
     assert not list((folder / "blobs").glob("*.incomplete")), "the killed download's partial file was left taking space"
     assert "left by a download that was killed" in done.stderr
+
+
+def test_modelscope_resumes_a_file_cut_by_kill_9_from_its_bytes(hub, tmp_path):
+    hub.down.add("hf")
+    kill_9_mid_file(hub, tmp_path)
+    folder = modelscope.repo_folder(tmp_path / "cache", T2V_REPO)
+    (partial,) = [p for p in folder.rglob("*.incomplete") if p.name.startswith(Path(SHARD).name)]
+    kept = partial.stat().st_size
+    assert 0 < kept < (hub.repos[T2V_REPO].root / SHARD).stat().st_size
+    assert not (folder / "snapshots" / "master" / SHARD).exists(), "a half file is under the name a run would trust"
+    hub.requests.clear()
+    done = fetch(tmp_path, hub)
+    assert done.returncode == 0, done.stderr
+    assert ("ms", "RANGE", f"{SHARD}@{kept}") in hub.requests, "the cut file was fetched from zero, not resumed"
+    assert not list(folder.rglob("*.incomplete"))
 
 
 def test_a_corrupted_file_is_fetched_again_once_then_refused(hub, tmp_path):

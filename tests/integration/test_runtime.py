@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent import sources
-from agent.runtime import memory, pipeline, probe
+from agent.runtime import attention, memory, pipeline, probe
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
 from agent.runtime.generate import decode, encode, generate
 from agent.sources import synthetic
@@ -117,6 +117,8 @@ def test_memory_estimates_for_the_5b():
     params = sum(p.numel() for p in skeleton.transformer.parameters())
     assert params / 1e9 == pytest.approx(5.0, rel=0.02)  # Wan2.2-TI2V-5B: 4.9998 B
     assert skeleton.vae_scale_factor_spatial == 16 and skeleton.vae.config.z_dim == 48
+    shape = attention.self_attention_shape(dict(skeleton.transformer.config), 704, 1280, 121, 16, 4)
+    assert shape == (1, 27_280, 24, 128)  # 31 latent frames of 44 x 80 latents in 2 x 2 patches
     work = Workload(prompt="x", height=704, width=1280, frames=121, seed=0)
     need = memory.needs(skeleton, work, vae_tiling=True, fp8=False, text_encoder_on_cpu=False)
     # One 10 GB transformer, UMT5-XXL, and 27,280 tokens of activations: a 40 GB card holds it all.
