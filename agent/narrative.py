@@ -174,9 +174,12 @@ def _download(d: dict) -> str:
     if not d["fetched_bytes"]:
         fetched = "already in the cache"
     tried = f"; tried first: {' | '.join(d['tried_before'])}" if d.get("tried_before") else ""
+    checked = "sizes and checksums verified"
+    if d.get("checksummed", d["files"]) < d["files"]:  # the hub gave no checksum for some
+        checked = f"checksums verified for {d['checksummed']} files, sizes only for {d['files'] - d['checksummed']}"
     return (
         f"`{d['repo']}` @ `{d['revision'][:12]}` from {d['hub']} ({d['endpoint']}): {d['files']} files, "
-        f"{d['size_bytes'] / 1e9:.2f} GB, {fetched}; sizes and checksums verified{tried}"
+        f"{d['size_bytes'] / 1e9:.2f} GB, {fetched}; {checked}{tried}"
     )
 
 

@@ -10,6 +10,7 @@ A repo the registry knows brings its allow patterns and its Lightning pair under
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def synthetic_names() -> list[str]:
 
 def is_known(spec: str) -> bool:
     scheme, colon, rest = spec.partition(":")
+    if colon and scheme in ("hf", "modelscope"):
+        return bool(re.fullmatch(variants.REPO_ID, rest.partition("@")[0]))
     return bool(rest) and scheme in SCHEMES if colon else spec in variants.load()
 
 
@@ -88,6 +91,8 @@ def resolve(spec: str, cache_dir: Path, seed: int = 0) -> ModelFiles:
         if scheme in ("hf", "modelscope"):
             name = hub.NAME if scheme == "hf" else modelscope.NAME
             repo, _, revision = rest.partition("@")
+            if not re.fullmatch(variants.REPO_ID, repo):
+                raise SourceError(f"model source {spec!r}: {repo!r} is not a repo id; write ORG/NAME, e.g. hf:Wan-AI/...")
             return _remote(spec, variants.of_repo(repo), (name,), (repo, revision or None), cache_dir)
     except variants.VariantError as err:
         raise SourceError(f"model source {spec!r}: {err}") from None
@@ -143,7 +148,7 @@ def _remote(spec: str, variant: variants.Variant | None, names: tuple[str, ...],
     ways_on = f", or a smaller variant ({', '.join(f'{v.name}: {v.size_GB:.0f} GB' for v in smaller)})" if smaller else ""
     allow = tuple(variant.files) if variant else ("*",)
     model = download.fetch(
-        download.Wanted(spec, _model_places(variant, names, asked), allow, ("model_index.json",)), cache_dir, ways_on
+        download.Wanted(spec, spec, _model_places(variant, names, asked), allow, ("model_index.json",)), cache_dir, ways_on
     )
     fetched = [model]
     lora: dict[str, str] | None = None
@@ -152,7 +157,7 @@ def _remote(spec: str, variant: variants.Variant | None, names: tuple[str, ...],
             (name, repo.repo, repo.revision) for name in names if (repo := _published(variant.lightning, name)) is not None
         )
         if places:
-            wanted = download.Wanted(f"{spec} Lightning LoRA", places, tuple(variant.lightning.allow))
+            wanted = download.Wanted(f"{spec} Lightning LoRA", spec, places, tuple(variant.lightning.allow))
             pair = download.fetch(wanted, cache_dir, "")
             fetched.append(pair)
             sub = pair.root / variant.lightning.subfolder

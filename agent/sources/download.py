@@ -35,6 +35,7 @@ class Wanted:
     """One repo: where each hub publishes it, in the order to try, and which files of it."""
 
     label: str
+    spec: str  # what `wan-agent fetch` takes to fetch it (named in messages)
     places: tuple[tuple[str, str, str], ...]  # (hub name, repo, revision)
     allow: tuple[str, ...]
     required: tuple[str, ...] = ()  # files the listing must hold (else it is not the repo we think)
@@ -61,7 +62,8 @@ class Fetched:
             "fetched_bytes": self.fetched_bytes,
             "seconds": round(self.seconds, 2),
             "MB_per_s": round(rate, 1) if rate else None,
-            "verified": True,
+            # Files checked against a checksum; the rest (the hub gave none) by their size alone.
+            "checksummed": sum(1 for f in self.listing.files if f.sha256 or f.git_sha1),
             "tried_before": self.tried,
             "root": str(self.root),
         }
@@ -71,16 +73,23 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _verified_copy(wanted: Wanted, cache: Path) -> Fetched | None:
+    for name, repo, revision in wanted.places:
+        found = verify.verified_listing(cache, name, repo, revision, list(wanted.allow))
+        if found:
+            return Fetched(found[1], found[0], 0, 0.0)
+    return None
+
+
 def fetch(wanted: Wanted, cache: Path, ways_on: str) -> Fetched:
     if offline():
-        for name, repo, revision in wanted.places:
-            found = verify.verified_listing(cache, name, repo, revision, list(wanted.allow))
-            if found:
-                logger.info("%s: offline, using the verified copy in %s", wanted.label, found[1])
-                return Fetched(found[1], found[0], 0, 0.0, ["offline (HF_HUB_OFFLINE=1): the verified cache"])
+        if copy := _verified_copy(wanted, cache):
+            logger.info("%s: offline, using the verified copy in %s", wanted.label, copy.root)
+            copy.tried.append("offline (HF_HUB_OFFLINE=1): the verified cache")
+            return copy
         raise FetchError(
             f"{wanted.label}: offline (HF_HUB_OFFLINE=1) and not complete in the cache {cache}; "
-            f"fetch it once with a network (`wan-agent fetch {wanted.label} --cache {cache}`){ways_on}"
+            f"fetch it once with a network (`wan-agent fetch {wanted.spec} --cache {cache}`){ways_on}"
         )
     tried: list[str] = []
     for name, repo, revision in wanted.places:
@@ -94,6 +103,10 @@ def fetch(wanted: Wanted, cache: Path, ways_on: str) -> Fetched:
         except HubUnreachable as err:
             logger.warning("%s: %s; trying the next source", wanted.label, err)
             tried.append(str(err))
+    if copy := _verified_copy(wanted, cache):  # no hub answers, but the files are here and were verified
+        logger.warning("%s: no source reachable; using the copy verified earlier in %s", wanted.label, copy.root)
+        copy.tried.extend([*tried, "no source reachable: the verified cache"])
+        return copy
     raise FetchError(
         f"{wanted.label}: no source could serve it. Tried:\n  " + "\n  ".join(tried) + "\nWays on: a mirror (HF_ENDPOINT=...), "
         f"`modelscope:REPO`, files already on disk (`local:PATH`), or no download at all (--synthetic){ways_on}"
@@ -102,11 +115,14 @@ def fetch(wanted: Wanted, cache: Path, ways_on: str) -> Fetched:
 
 def _fetch_from(module, listing: Listing, cache: Path, asked: str, ways_on: str, tried: list[str]) -> Fetched:
     with _locked(cache, f"{listing.hub}-{listing.repo.replace('/', '--')}"):
+        snapshot = module.snapshot(cache, listing)
+        if verify.all_verified(snapshot, listing, cache):  # as verified before: no request, no hashing
+            return Fetched(snapshot, listing, 0, 0.0, tried)
         for partial in module.partials(cache, listing.repo):
             logger.info("removing %s, left by a download that was killed", partial)
             partial.unlink(missing_ok=True)
         try:
-            needed = verify.check_space(listing, module.snapshot(cache, listing), cache, ways_on)
+            needed = verify.check_space(listing, snapshot, module.cache_root(cache), ways_on)
         except verify.NoSpace as err:
             raise FetchError(str(err)) from None
         logger.info(
@@ -167,10 +183,10 @@ def _progress(folder: Path, label: str, total: int) -> Iterator[None]:
         while not done.wait(PROGRESS_EVERY_S):
             got = max(0, _bytes_under(folder) - start_bytes)
             rate = got / max(time.monotonic() - start, 1e-6)
-            eta = (total - got) / rate if rate > 0 and total > got else 0
+            eta = int((total - got) / rate) if rate > 0 and total > got else 0
             logger.info(
-                "%s: %.2f / %.2f GB (%.0f %%), %.1f MB/s, ETA %s",
-                label, got / 1e9, total / 1e9, 100 * got / max(total, 1), rate / 1e6, time.strftime("%H:%M:%S", time.gmtime(eta)),
+                "%s: %.2f / %.2f GB (%.0f %%), %.1f MB/s, ETA %d:%02d:%02d",
+                label, got / 1e9, total / 1e9, 100 * got / max(total, 1), rate / 1e6, eta // 3600, eta // 60 % 60, eta % 60,
             )  # fmt: skip
 
     thread = threading.Thread(target=report, daemon=True)

@@ -14,7 +14,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-from agent.sources.listing import HubUnreachable, Listing, RemoteFile
+from agent.sources.listing import HubUnreachable, Listing, RemoteFile, public, unsafe_paths
 
 NAME = "huggingface"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -69,6 +69,10 @@ def _client():
     return get_session()
 
 
+def _unreachable(err: BaseException) -> HubUnreachable:
+    return HubUnreachable(f"{NAME} ({public(endpoint())}): {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+
+
 def list_files(repo: str, revision: str, allow: list[str]) -> Listing:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
@@ -80,14 +84,16 @@ def list_files(repo: str, revision: str, allow: list[str]) -> Listing:
         commit = api.model_info(repo, revision=revision).sha or revision
         entries = [e for e in api.list_repo_tree(repo, revision=commit, recursive=True) if isinstance(e, RepoFile)]
     except _errors() as err:
-        raise HubUnreachable(f"{NAME} ({endpoint()}): {type(err).__name__}: {str(err).splitlines()[0][:300]}") from err
+        raise _unreachable(err) from err
+    if bad := unsafe_paths([e.path for e in entries]):
+        raise HubUnreachable(f"{NAME} ({public(endpoint())}): {repo} lists paths outside the repo, e.g. {bad[0]!r}")
     chosen = set(filter_repo_objects([e.path for e in entries], allow_patterns=allow))
     files = tuple(
         RemoteFile(path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, git_sha1=None if e.lfs else e.blob_id)
         for e in entries
         if e.path in chosen
     )
-    return Listing(hub=NAME, endpoint=endpoint(), repo=repo, revision=commit, files=files)
+    return Listing(hub=NAME, endpoint=public(endpoint()), repo=repo, revision=commit, files=files)
 
 
 def download(listing: Listing, cache_dir: Path) -> Path:
@@ -100,17 +106,30 @@ def download(listing: Listing, cache_dir: Path) -> Path:
             revision=listing.revision,
             cache_dir=cache_root(cache_dir),
             allow_patterns=[f.path for f in listing.files],
-            endpoint=listing.endpoint,
+            endpoint=endpoint(),
             max_workers=4,
         )
     except _errors() as err:
-        raise HubUnreachable(f"{NAME} ({listing.endpoint}): {type(err).__name__}: {str(err).splitlines()[0][:300]}") from err
+        raise _unreachable(err) from err
     return Path(path)
 
 
 def partials(cache_dir: Path, repo: str) -> list[Path]:
-    """Files a killed download left behind: never used again (their names are unique), only taking space."""
-    return sorted((repo_folder(cache_dir, repo) / "blobs").glob("*.incomplete"))
+    """Files a killed download left behind (``ETAG.UNIQUE.incomplete``): never used again, only taking space. One
+    whose etag's lock another process holds (an `hf download` sharing HF_HUB_CACHE) is still being written: kept."""
+    from filelock import FileLock, Timeout
+
+    stale = []
+    locks = cache_root(cache_dir) / ".locks" / repo_folder(cache_dir, repo).name
+    for partial in sorted((repo_folder(cache_dir, repo) / "blobs").glob("*.incomplete")):
+        lock = FileLock(str(locks / f"{partial.name.split('.')[0]}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        lock.release()
+        stale.append(partial)
+    return stale
 
 
 def snapshot(cache_dir: Path, listing: Listing) -> Path:

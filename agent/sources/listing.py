@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Listing:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size or 0 for f in self.files)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "files"} | {"files": [f.to_dict() for f in self.files]}
@@ -39,3 +40,17 @@ class Listing:
 
 class HubUnreachable(RuntimeError):
     """A hub could not list or serve a repo (down, timed out, refused, not found there); try the next one."""
+
+
+def unsafe_paths(paths: list[str]) -> list[str]:
+    """Paths a listing must never name: absolute, climbing out of the repo, or odd enough to mean something else."""
+    return [p for p in paths if not p or p.startswith("/") or "\\" in p or "\0" in p or ".." in p.split("/")]
+
+
+def public(url: str) -> str:
+    """``url`` without credentials or query (a mirror's URL may carry a key): what journals and logs may show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

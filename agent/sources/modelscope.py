@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.sources.listing import HubUnreachable, Listing, RemoteFile
+from agent.sources.listing import HubUnreachable, Listing, RemoteFile, public, unsafe_paths
 
 NAME = "modelscope"
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
@@ -43,7 +43,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 def _unreachable(err: BaseException) -> HubUnreachable:
-    return HubUnreachable(f"{NAME} ({endpoint()}): {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+    return HubUnreachable(f"{NAME} ({public(endpoint())}): {type(err).__name__}: {str(err).splitlines()[0][:300]}")
 
 
 def _client():
@@ -66,9 +66,11 @@ def list_files(repo: str, revision: str, allow: list[str]) -> Listing:
     except _errors() as err:
         raise _unreachable(err) from err
     entries = [e for e in entries if not e.is_dir]
+    if bad := unsafe_paths([e.path for e in entries]):
+        raise HubUnreachable(f"{NAME} ({public(endpoint())}): {repo} lists paths outside the repo, e.g. {bad[0]!r}")
     chosen = set(filter_repo_objects([e.path for e in entries], allow_patterns=allow))
     files = tuple(RemoteFile(path=e.path, size=e.size, sha256=e.sha256) for e in entries if e.path in chosen)
-    return Listing(hub=NAME, endpoint=endpoint(), repo=repo, revision=revision, files=files)
+    return Listing(hub=NAME, endpoint=public(endpoint()), repo=repo, revision=revision, files=files)
 
 
 def download(listing: Listing, cache_dir: Path) -> Path:
@@ -81,7 +83,7 @@ def download(listing: Listing, cache_dir: Path) -> Path:
             revision=listing.revision,
             cache_dir=str(cache_root(cache_dir)),
             allow_patterns=[f.path for f in listing.files],
-            endpoint=listing.endpoint,
+            endpoint=endpoint(),
         )
     except _errors() as err:
         raise _unreachable(err) from err

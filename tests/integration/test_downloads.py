@@ -163,6 +163,9 @@ def test_offline_with_a_full_cache_needs_no_network(hub, tmp_path):
     done = fetch(tmp_path, hub, env=hub_env(hub, HF_HUB_OFFLINE="1"))
     assert done.returncode == 0, done.stderr
     assert hub.requests == [] and Path(done.stdout.split()[0], "model_index.json").is_file()
+    # Not offline, but no hub answers: the verified copy is used, and the run says so.
+    done = fetch(tmp_path, hub)
+    assert done.returncode == 0 and "using the copy verified earlier" in done.stderr
     # Offline with an empty cache: a clear error naming the ways on, before anything is tried.
     offline = hub_env(hub, HF_HUB_OFFLINE="1")
     done = wan_agent("fetch", "t2v-a14b", "--cache", str(tmp_path / "empty"), runs_dir=tmp_path, env=offline)
