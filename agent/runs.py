@@ -180,6 +180,15 @@ def latest_converged(runs_dir: Path) -> str:
     return found[-1].parent.name
 
 
+def _benchmarked_files(model: dict) -> sources.ModelFiles | None:
+    """The very files the run measured, when they are still on disk: a hub's branch may have moved since (the
+    Lightning repo follows `main`), and generating needs no network then."""
+    path, lora = Path(model.get("path", "")), model.get("lora") or {}
+    if not (path / "model_index.json").is_file() or not all(Path(p).is_file() for p in lora.values()):
+        return None
+    return sources.ModelFiles(spec=model["spec"], path=str(path), lora=lora or None, lightning=bool(lora))
+
+
 def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     """Generate ``prompt`` once with the run's best.yaml; return the video's path."""
     run_dir = path_of(runs_dir, run_id)
@@ -189,7 +198,9 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     if not isinstance(best, dict) or not isinstance(best.get("knobs"), dict):
         raise RunError(f"{run_dir / 'best.yaml'} is empty or malformed; `wan-agent resume {run_id}` writes it again")
     book = read_json(run_dir / "start.json")["playbook"]  # type: ignore[index]
-    files = sources.resolve(best["model"]["spec"], context(runs_dir).cache_dir, seed=book["model"]["seed"])
+    files = _benchmarked_files(best["model"]) or sources.resolve(
+        best["model"]["spec"], context(runs_dir).cache_dir, seed=book["model"]["seed"]
+    )
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:32] or "prompt"
     generations = run_dir / "generations"
     index = len(list(generations.iterdir())) if generations.exists() else 0
