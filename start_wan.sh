@@ -48,6 +48,9 @@ if [ "$have" != "$want-dev" ] && { [ $dev = 1 ] || [ "$have" != "$want" ]; }; th
   extras=""; [ $dev = 1 ] && extras="[dev]"
   echo "start_wan.sh: installing wan-agent$extras with pinned dependencies into .venv (first time: a few minutes)" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
+  # The official Wan2.2 code, for the tests of its attention patch: without its dependencies (flash_attn, decord,
+  # ...), which are what the patch and the official runtime's own environment are about.
+  [ $dev = 1 ] && .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt wan22
   echo "$want$([ $dev = 1 ] && echo -dev)" > .venv/.wan-agent-installed
 fi
 [ $install_only = 1 ] && exit 0
