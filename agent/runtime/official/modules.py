@@ -1,0 +1,72 @@
+"""The official Wan2.2 model code from the installed ``wan22`` package, loaded without ``import wan``, and made to
+run where flash_attn cannot.
+
+``import wan`` imports every pipeline of the package (decord, librosa, cv2, ...), and ``wan/modules/t5.py`` calls
+``torch.cuda.current_device()`` at import, so it fails on a machine without CUDA. The DiT itself
+(``wan/modules/model.py``) needs only torch and diffusers' config mixins: its folder is mounted as a package of its
+own, without running ``wan/__init__.py``, and its modules are imported from there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+import types
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from agent.runtime.official import attention_patch
+
+PACKAGE = "wan22_modules"  # wan/modules of the installed wan22, under a name of its own
+
+
+class OfficialCodeMissing(RuntimeError):
+    pass
+
+
+@cache
+def module(name: str) -> types.ModuleType:
+    """``wan/modules/NAME.py`` of the installed wan22 (``model``, ``attention``, ...)."""
+    try:
+        folder = Path(str(importlib.metadata.distribution("wan22").locate_file("wan/modules")))
+    except importlib.metadata.PackageNotFoundError:
+        raise OfficialCodeMissing("the official Wan2.2 code is not installed: `pip install --no-deps wan22==2.2.11`") from None
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = [str(folder)]
+        sys.modules[PACKAGE] = package
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+def flash_attn_problem(device: torch.device) -> str | None:
+    """Why the official ``flash_attention`` cannot run here, from a tiny real call of it; None when it can."""
+    attention = module("attention")
+    if not (attention.FLASH_ATTN_2_AVAILABLE or attention.FLASH_ATTN_3_AVAILABLE):
+        return "flash_attn is not installed"
+    if device.type != "cuda":
+        return f"flash_attn needs CUDA; this runs on {device.type}"
+    q = torch.randn(1, 16, 2, 64, device=device, dtype=torch.bfloat16)
+    try:
+        attention.flash_attention(q, q, q)
+        torch.cuda.synchronize(device)
+    except Exception as err:  # built for another architecture, a broken install: all mean "replace it"
+        return f"flash_attn fails on this GPU: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return None
+
+
+def patch_attention(device: torch.device) -> dict:
+    """Make the official DiT attend through ``attention_patch.flash_attention`` where flash_attn cannot run; return
+    what the journal says: what was missing, what replaced it, and its check against a reference at start-up."""
+    problem = flash_attn_problem(device)
+    if problem is None:
+        return {"patched": False, "kernel": "flash_attn", "reason": "flash_attn runs here"}
+    module("model").flash_attention = attention_patch.flash_attention  # type: ignore[attr-defined]  # the DiT imported this name
+    return {
+        "patched": True,
+        "missing": problem,
+        "replacement": "agent.runtime.official.attention_patch.flash_attention (PyTorch SDPA, padding masked)",
+        "check": attention_patch.self_check(device),
+    }
