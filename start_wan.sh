@@ -42,12 +42,25 @@ if [ ! -x .venv/bin/python ]; then
   echo "start_wan.sh: creating .venv with $(${PYTHON:-python3} --version)" >&2
   "${PYTHON:-python3}" -m venv .venv
 fi
+# FP8 compute (torchao, the fp8 rungs) where a GPU has FP8 tensor cores: compute capability 8.9 and up.
+fp8=0
+cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | sort -rn | head -1 || true)"
+if [ -n "$cap" ] && awk -v c="$cap" 'BEGIN { exit !(c + 0 >= 8.9) }'; then fp8=1; fi
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+[ $fp8 = 1 ] && want="$want-fp8"
 have="$(cat .venv/.wan-agent-installed 2>/dev/null || true)"
 if [ "$have" != "$want-dev" ] && { [ $dev = 1 ] || [ "$have" != "$want" ]; }; then
-  extras=""; [ $dev = 1 ] && extras="[dev]"
-  echo "start_wan.sh: installing wan-agent$extras with pinned dependencies into .venv (first time: a few minutes)" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
+  base="."; [ $dev = 1 ] && base=".[dev]"
+  spec="$base"
+  if [ $fp8 = 1 ]; then spec=".[fp8]"; [ $dev = 1 ] && spec=".[dev,fp8]"; fi
+  echo "start_wan.sh: installing wan-agent${spec#.} with pinned dependencies into .venv (first time: a few minutes)" >&2
+  : > .venv/.wan-agent-skipped  # what could not be installed, and why: provision records it in every run
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$spec"; then
+    [ $fp8 = 1 ] || exit 1
+    echo "start_wan.sh: the fp8 extra (torchao) did not install; going on without it (fp8 rungs fall back to FP8 storage)" >&2
+    echo "torchao: pip could not install the fp8 extra on this machine (compute capability $cap)" > .venv/.wan-agent-skipped
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$base"
+  fi
   # The official Wan2.2 code, for the tests of its attention patch: without its dependencies (flash_attn, decord,
   # ...), which are what the patch and the official runtime's own environment are about.
   [ $dev = 1 ] && .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt wan22

@@ -51,6 +51,8 @@ def _gpus() -> tuple[list[dict], str | None]:
     except Exception as err:
         return [], f"{type(err).__name__}: {err}"
     driver = pynvml.nvmlSystemGetDriverVersion()
+    cuda = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 13000: the newest CUDA this driver runs
+    driver_cuda = f"{cuda // 1000}.{cuda % 1000 // 10}"
     gpus = []
     for i in range(pynvml.nvmlDeviceGetCount()):
         handle = pynvml.nvmlDeviceGetHandleByIndex(i)
@@ -61,6 +63,7 @@ def _gpus() -> tuple[list[dict], str | None]:
                 "name": pynvml.nvmlDeviceGetName(handle),
                 "uuid": pynvml.nvmlDeviceGetUUID(handle),
                 "driver": driver,
+                "driver_cuda": driver_cuda,
                 "memory_GiB": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1),
                 "compute_capability": f"{major}.{minor}",
             }

@@ -212,6 +212,7 @@ def render_markdown(events: list[dict]) -> str:
     ]
     if "provision" in by_kind:
         lines.append("- Environment: " + ", ".join(f"{k} {v}" for k, v in first("provision")["versions"].items()))
+        lines += [f"- **Does not fit:** {problem}" for problem in first("provision").get("fit_problems", [])]
     if "fetch" in by_kind:
         model = first("fetch")["model"]
         lora = "yes" if model.get("lightning") else "none"

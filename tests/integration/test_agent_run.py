@@ -137,6 +137,10 @@ def test_run_json_and_journal_md_tell_the_story(converged):
     run = json.loads((runs / run_id / "run.json").read_text())
     assert run["hardware"]["fingerprint"] and run["versions"]["torch"] and run["playbook"]["name"] == "tiny-test"
     assert run["model"]["weights"] == "real" and run["model"]["downloads"][0]["hub"] == "huggingface"
+    assert run["lock"]["path"].endswith("constraints.txt") and len(run["lock"]["sha256"]) == 64
+    assert run["fit_problems"] == []  # a CPU machine: nothing to fit
+    freeze = (runs / run_id / run["freeze"]).read_text().splitlines()
+    assert f"torch=={run['versions']['torch']}" in freeze and any(line.startswith("langgraph==") for line in freeze)
     text = (runs / run_id / "journal.md").read_text()
     for needle in (
         "### 00-baseline",

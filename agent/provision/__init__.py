@@ -1,0 +1,1 @@
+"""Environments that fit the hardware: what the installed packages can use here, and what they cannot."""
