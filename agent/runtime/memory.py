@@ -12,6 +12,8 @@ import logging
 
 import torch
 
+from agent.runtime import attention
+
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("text_encoder", "transformer", "transformer_2", "vae")
@@ -43,9 +45,8 @@ def budget_bytes(device: torch.device, fraction: float | None) -> int:
 def needs(pipe, workload, vae_tiling: bool, fp8: bool, text_encoder_on_cpu: bool) -> dict[str, int]:
     """Bytes of accelerator memory each offload mode needs for this pipeline and workload."""
     cfg = pipe.transformer.config
-    latent_frames = (workload.frames - 1) // pipe.vae_scale_factor_temporal + 1
-    pixels_per_token = pipe.vae_scale_factor_spatial * cfg.patch_size[1]  # 8 x 2 (A14B) or 16 x 2 (5B)
-    tokens = latent_frames * (workload.height // pixels_per_token) * (workload.width // pixels_per_token)
+    vae = (pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)
+    tokens = attention.self_attention_shape(dict(cfg), workload.height, workload.width, workload.frames, *vae)[1]
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
     element = next(pipe.transformer.parameters()).element_size()
     dit_act = DIT_ACTIVATION_FACTOR * tokens * hidden * element

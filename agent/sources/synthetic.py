@@ -25,6 +25,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +43,15 @@ class SyntheticPreset:
     text_encoder: dict
     vae: dict
     vocab_size: int
-    lora_rank: int
+    lora_rank: int  # of its Lightning LoRA pair; 0: none (lightx2v publishes none for the 5B)
     on_disk: bool  # saved and reloaded through from_pretrained, or built directly on the device
     flow_shift: float = 3.0
     experts: int = 2  # 2: high- and low-noise experts split at BOUNDARY_RATIO (A14B); 1: one for all steps (5B)
     expand_timesteps: bool = False  # the 5B takes a timestep per token
-    lightning: bool = True  # lightx2v publishes no Lightning LoRA for the 5B
+
+    @property
+    def lightning(self) -> bool:
+        return self.lora_rank > 0
 
 
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: the Wan2.2 VAE (16x16 spatial, 4x temporal, 48 channels).
@@ -100,6 +104,8 @@ TINY_TRANSFORMER = dict(
     rope_max_seq_len=64,
 )
 TINY_UMT5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+# What makes a model the TI2V-5B's shape: one transformer for every step, a timestep per token, no Lightning pair.
+TI2V_5B: dict[str, Any] = dict(experts=1, expand_timesteps=True, flow_shift=5.0, lora_rank=0)
 UMT5_XXL = dict(
     d_model=4096,
     d_kv=64,
@@ -137,12 +143,8 @@ PRESETS: dict[str, SyntheticPreset] = {
         text_encoder=UMT5_XXL,
         vae=dict(WAN22_VAE, base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
         vocab_size=256384,
-        lora_rank=0,
         on_disk=False,
-        flow_shift=5.0,
-        experts=1,
-        expand_timesteps=True,
-        lightning=False,
+        **TI2V_5B,
     ),
     # The 5B's shape (one transformer, 48 latent channels, the Wan2.2 VAE's 16x compression) at toy size: CPU tests.
     "tiny-5b": SyntheticPreset(
@@ -150,12 +152,8 @@ PRESETS: dict[str, SyntheticPreset] = {
         text_encoder=TINY_UMT5,
         vae=dict(WAN22_VAE, base_dim=8, decoder_base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
         vocab_size=256,
-        lora_rank=0,
         on_disk=True,
-        flow_shift=5.0,
-        experts=1,
-        expand_timesteps=True,
-        lightning=False,
+        **TI2V_5B,
     ),
 }
 
