@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from agent import gpu_map
 from agent.runtime.config import Knobs
+from agent.runtime.official import support
 
 FP8_COMPUTE_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: FP8 tensor cores
 FP4_COMPUTE_MIN_CAPABILITY = (10, 0)  # Blackwell: FP4 tensor cores
@@ -30,4 +31,4 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
     if knobs.offload in ("model", "group", "sequential") and not gpus:
         return f"offload={knobs.offload} moves weights to a GPU, and there is none"
-    return None
+    return support.refusal(knobs, on_gpu=bool(gpus))

@@ -66,6 +66,7 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             "",
             f"**Quality.** {_quality(decision)}",
             "",
+            *_runtime(decision),
         ]
     if (decision.get("gpu_check") or {}).get("shared"):
         check = decision["gpu_check"]
@@ -87,6 +88,28 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
 def _vae_compile(decision: dict) -> str:
     seconds = decision["stages"].get("vae_compile_s")
     return "" if seconds is None else f", compiling the VAE decoder {_fmt_s(seconds)}"
+
+
+def _runtime(decision: dict) -> list[str]:
+    """For a trial of the official runtime: the code it ran, and what stood in for flash_attn, checked how."""
+    setup = decision.get("setup") or {}
+    if "runtime" not in setup:
+        return []
+    run, patch = setup["runtime"], setup["attention_patch"]
+    if patch["patched"]:
+        check = patch["check"]
+        attention = (
+            f"{patch['missing']}, so the DiT's `flash_attention` was replaced by {patch['replacement']}; its start-up check "
+            f"on a padded batch against attention over only the valid keys: relative error {check['relative_error']:.1e} "
+            f"(tolerance {check['tolerance']:g})"
+        )
+    else:
+        attention = patch["reason"]
+    return [
+        f"**Runtime.** The official code, {run['code']}: {run['sampling']}; SDPA kernel {run['sdpa_kernel']}. "
+        f"Attention: {attention}.",
+        "",
+    ]
 
 
 def _offload(decision: dict) -> str:

@@ -5,7 +5,9 @@ asks for another backend (flash, FA3, sage, ...) whose package is missing or tha
 every trial: it is patched to SDPA here (the state's ``attention.backend``, which plan runs the baseline on; the
 playbook itself stays as written), and the journal says so. Whether a backend that imports also runs on
 the trial's shape is probed by the worker before each use (agent/runtime/attention.py). The official ``wan22``
-code, which hard-needs flash_attn, is patched here when its runtime arrives.
+code, which hard-needs flash_attn, is patched in the process that runs it: each ``runtime: official`` trial detects a
+missing or broken flash_attn, installs the SDPA stand-in and checks it at start-up (agent/runtime/official/), and its
+journal section says what was missing, what replaced it and how far the check landed.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ OffloadMode = Literal["none", "model", "group", "sequential", "auto"]
 # How the VAE decodes. channels_last: conv weights in NDHWC (cuDNN's tensor-core layout) and cuDNN choosing
 # its kernels by timing them. compiled: that, and the decoder compiled by Inductor (norms, SiLU, padding fused).
 VaeDecode = Literal["eager", "channels_last", "compiled"]
+# Which code generates: diffusers' WanPipeline, or the official Wan2.2 modules and sampling loop (agent/runtime/official).
+Runtime = Literal["diffusers", "official"]
 
 
 class Strict(BaseModel):
@@ -64,6 +66,7 @@ class Workload(Strict):
 class Knobs(Strict):
     """The settings the optimisation ladder changes, one rung at a time."""
 
+    runtime: Runtime = "diffusers"
     precision: Precision = "bf16"
     fp8: Fp8Mode = "none"
     fp4: Fp4Mode = "none"
@@ -96,7 +99,7 @@ class Knobs(Strict):
             parts.append("lightning")
         parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]
         defaults = Knobs.model_fields
-        for name in ("attention", "compile", "offload", "vae_decode"):
+        for name in ("runtime", "attention", "compile", "offload", "vae_decode"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
         parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu") if getattr(self, flag)]

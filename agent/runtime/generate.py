@@ -19,6 +19,9 @@ from agent.runtime.config import TrialConfig
 from agent.runtime.pipeline import synchronize
 
 OnStep = Callable[[int, int, str, float], None]
+# Wan2.2's text context: prompts padded to 512 tokens, as WanPipeline.__call__ and the official code (text_len) do.
+# encode_prompt's own default is 226: the experts then cross-attend over another context (other outputs, less work).
+TEXT_LEN = 512
 
 
 @dataclass
@@ -72,7 +75,11 @@ def encode(pipe, config: TrialConfig, device: torch.device) -> tuple[torch.Tenso
     t0 = time.perf_counter()
     with torch.inference_mode():
         positive, negative = pipe.encode_prompt(
-            prompt=work.prompt, negative_prompt=work.negative_prompt, do_classifier_free_guidance=cfg, device=text_device
+            prompt=work.prompt,
+            negative_prompt=work.negative_prompt,
+            do_classifier_free_guidance=cfg,
+            device=text_device,
+            max_sequence_length=TEXT_LEN,
         )
     positive = positive.to(device)
     negative = negative.to(device) if negative is not None else None

@@ -163,6 +163,11 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
     """Load and prepare the pipeline; return it, the seconds each set-up stage took, and the choices made."""
     from diffusers import UniPCMultistepScheduler
 
+    if config.knobs.runtime == "official":
+        from agent.runtime.official import pipeline as official
+
+        return official.build(config, device)
+
     knobs, dtype = config.knobs, DTYPES[config.knobs.precision]
     if config.gpu_memory_fraction is not None and device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 BOUNDARY_RATIO = 0.875  # Wan2.2-T2V-A14B: the high-noise expert takes t >= 875
 DRAW_DTYPE = "bfloat16"
-FORMAT = 3  # bump when the weights a seed gives change: cached on-disk models are then rebuilt
+FORMAT = 4  # bump when what a seed gives changes (weights, tokenizer): cached on-disk models are then rebuilt
 _KEEP_FP32 = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # as from_pretrained does
 
 

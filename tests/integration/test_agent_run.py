@@ -83,8 +83,10 @@ def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
     measurement = {"mode": "probe", "warmup": 1, "repeats": 3, "probe_steps": 3}
     book = small_playbook(measurement=measurement)
     # Declared same-function but is not (the distilled LoRA changes what the experts compute): rejected by its gate.
-    lightning = book["ladder"][1]
-    book["ladder"].insert(1, {"name": "mislabelled", "hypothesis": "Same function?", "set": lightning["set"], "gate": "fidelity"})
+    at, lightning = next((i, r) for i, r in enumerate(book["ladder"]) if r["name"] == "lightning")
+    book["ladder"].insert(
+        at, {"name": "mislabelled", "hypothesis": "Same function?", "set": lightning["set"], "gate": "fidelity"}
+    )
     # A same-function rung after Lightning is checked against the Lightning trial, not the baseline's other function.
     book["ladder"].append({"name": "vae-tiling", "hypothesis": "Tiles the decode.", "set": {"vae_tiling": True}})
     done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "tiny-probe.yaml", book)), runs_dir=tmp_path / "runs")

@@ -21,7 +21,7 @@ def broken(path: list, value) -> dict:
 def test_shipped_playbook_is_valid():
     book = playbook.load("tiny")
     assert book.model.source == "synthetic:tiny"
-    assert [r.name for r in book.ladder] == ["fp8", "lightning"]
+    assert [r.name for r in book.ladder] == ["official-runtime", "fp8", "lightning"]
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_shipped_playbook_is_valid():
         (
             ["ladder"],
             [{"name": "x", "hypothesis": "h", "set": {"stepz": 4}}],
-            "ladder.0.set: unknown knob stepz; allowed: precision",
+            "ladder.0.set: unknown knob stepz; allowed: runtime, precision",
         ),
         (["ladder"], [{"name": "x", "hypothesis": "h", "set": {"fp8": "nvfp4"}}], "ladder.0.set: fp8: Input should be 'none'"),
         (["model", "source"], "ftp:foo", "model.source: 'ftp:foo' is not a known source; use a variant (t2v-a14b, "),
@@ -52,7 +52,7 @@ def test_malformed_playbook_message_names_field_and_what_is_allowed(path, value,
 
 def test_duplicate_rung_names_are_refused():
     book = broken(["ladder"], TINY["ladder"] + TINY["ladder"][:1])
-    with pytest.raises(playbook.PlaybookError, match="ladder.2.name: 'fp8' is used twice"):
+    with pytest.raises(playbook.PlaybookError, match="ladder.3.name: 'official-runtime' is used twice"):
         playbook.validate(book)
 
 

@@ -11,18 +11,30 @@ fastest kernel (cuDNN, flash) runs them.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 HALF = (torch.float16, torch.bfloat16)
+_kernel: list[SDPBackend] | None = None  # the SDPA kernel unmasked calls are held to (None: PyTorch chooses)
+
+
+def use_kernel(name: str | None) -> None:
+    """Hold unmasked calls to one SDPA kernel (``CUDNN_ATTENTION``, ``FLASH_ATTENTION``, ...), or None to let
+    PyTorch choose. Masked calls always let it choose: not every kernel takes an arbitrary mask."""
+    global _kernel
+    _kernel = [getattr(SDPBackend, name)] if name else None
 
 
 def _lengths(lens: torch.Tensor | None, full: int, batch: int, device: torch.device) -> torch.Tensor | None:
     """Per-sample lengths, or None when every sample uses the whole length (no mask needed)."""
     if lens is None:
         return None
-    lens = torch.as_tensor(lens, device=device).reshape(batch).to(torch.int64)
-    return None if bool((lens >= full).all()) else lens.clamp(max=full)
+    # Checked where the lengths are (the DiT makes them on the host): a check on the GPU would stall every call.
+    lens = torch.as_tensor(lens).reshape(batch).to(torch.int64)
+    return None if bool((lens >= full).all()) else lens.clamp(max=full).to(device)
 
 
 def _mask(b, lq, lk, q_lens, k_lens, causal, window, device) -> torch.Tensor | None:
@@ -72,15 +84,16 @@ def flash_attention(
     q_lens = _lengths(q_lens, lq, b, q.device)
     k_lens = _lengths(k_lens, lk, b, q.device)
     mask = _mask(b, lq, lk, q_lens, k_lens, causal, window_size, q.device)
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        attn_mask=mask,
-        dropout_p=dropout_p,
-        scale=softmax_scale,
-        enable_gqa=q.size(2) != k.size(2),
-    ).transpose(1, 2)
+    with sdpa_kernel(_kernel) if _kernel and mask is None else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            dropout_p=dropout_p,
+            scale=softmax_scale,
+            enable_gqa=q.size(2) != k.size(2),
+        ).transpose(1, 2)
     if mask is not None:  # rows with no key to attend (padded queries): zero, as varlen leaves them
         out = out.masked_fill(~mask.any(-1).squeeze(1).view(b, lq, 1, 1), 0.0)
     return out.type(out_dtype)

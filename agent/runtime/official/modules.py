@@ -13,6 +13,8 @@ import importlib
 import importlib.metadata
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 
 from agent.runtime.official import attention_patch
 
-PACKAGE = "wan22_modules"  # wan/modules of the installed wan22, under a name of its own
+PACKAGE = "wan22_official"  # the installed wan22's `wan` folder, under a name of its own, its __init__ never run
 
 
 class OfficialCodeMissing(RuntimeError):
@@ -29,16 +31,43 @@ class OfficialCodeMissing(RuntimeError):
 
 @cache
 def module(name: str) -> types.ModuleType:
-    """``wan/modules/NAME.py`` of the installed wan22 (``model``, ``attention``, ...)."""
+    """``wan/modules/NAME.py`` of the installed wan22 (``model``, ``attention``, ``t5``, ``vae2_1``), or
+    ``wan/NAME.py`` for a dotted name (``utils.fm_solvers_unipc``)."""
     try:
-        folder = Path(str(importlib.metadata.distribution("wan22").locate_file("wan/modules")))
+        folder = Path(str(importlib.metadata.distribution("wan22").locate_file("wan")))
     except importlib.metadata.PackageNotFoundError:
         raise OfficialCodeMissing("the official Wan2.2 code is not installed: `pip install --no-deps wan22==2.2.11`") from None
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(folder)]
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(f"{PACKAGE}.{name}")
+    for package, path in ((PACKAGE, folder), *((f"{PACKAGE}.{sub}", folder / sub) for sub in ("modules", "utils"))):
+        if package not in sys.modules:  # a package whose __init__.py is not run: it imports every pipeline
+            mounted = types.ModuleType(package)
+            mounted.__path__ = [str(path)]
+            sys.modules[package] = mounted
+    dotted = name if "." in name else f"modules.{name}"
+    try:
+        with _cuda_default_argument():
+            return importlib.import_module(f"{PACKAGE}.{dotted}")
+    except ImportError as err:
+        fix = "pip install ftfy einops regex (the official runtime's own needs besides torch, diffusers, transformers)"
+        raise OfficialCodeMissing(f"wan/{dotted.replace('.', '/')}.py does not import: {err}; {fix}") from err
+
+
+def version() -> str:
+    return importlib.metadata.version("wan22")
+
+
+@contextmanager
+def _cuda_default_argument() -> Iterator[None]:
+    """``t5.py`` calls ``torch.cuda.current_device()`` for a default argument while it is imported, which raises
+    without CUDA; that default (T5EncoderModel's device) is never used here, so 0 stands in while it imports."""
+    if torch.cuda.is_available():
+        yield
+        return
+    real = torch.cuda.current_device
+    torch.cuda.current_device = lambda: 0
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = real
 
 
 def flash_attn_problem(device: torch.device) -> str | None:
