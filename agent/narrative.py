@@ -90,6 +90,16 @@ def _vae_compile(decision: dict) -> str:
     return "" if seconds is None else f", compiling the VAE decoder {_fmt_s(seconds)}"
 
 
+def _runtime_environment(name: str, env: dict) -> str:
+    if "error" in env:
+        return f"- **Runtime `{name}` has no environment:** {env['error']}; its rungs are skipped"
+    how = "reused" if env["reused"] else "made"
+    return (
+        f"- Runtime `{name}` runs in an environment of its own, {how} from `{env['lock']}` (sha256 {env['lock_sha256'][:12]}) "
+        f"over the agent's packages: `{env['path']}`; its `pip freeze` is `{env['freeze']}`"
+    )
+
+
 def _runtime(decision: dict) -> list[str]:
     """For a trial of the official runtime: the code it ran, and what stood in for flash_attn, checked how."""
     setup = decision.get("setup") or {}
@@ -236,6 +246,7 @@ def render_markdown(events: list[dict]) -> str:
     if "provision" in by_kind:
         lines.append("- Environment: " + ", ".join(f"{k} {v}" for k, v in first("provision")["versions"].items()))
         lines += [f"- **Does not fit:** {problem}" for problem in first("provision").get("fit_problems", [])]
+        lines += [_runtime_environment(name, env) for name, env in (first("provision").get("runtimes") or {}).items()]
     if "fetch" in by_kind:
         model = first("fetch")["model"]
         lora = "yes" if model.get("lightning") else "none"

@@ -220,7 +220,8 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     trials.prepare(out_dir, config)
     logger.info("generating with %s (best of run %s)", config.knobs.describe(), run_id)
     timeouts = book["timeouts"]
-    outcome = trials.execute(run_id, out_dir, timeouts["deadline_s"], timeouts["idle_timeout_s"])
+    python = trials.interpreter((read_json(run_dir / "run.json") or {}).get("runtimes"), config.knobs.runtime)
+    outcome = trials.execute(run_id, out_dir, timeouts["deadline_s"], timeouts["idle_timeout_s"], python=python)
     result = outcome["result"] or {}
     if result.get("status") != "ok":
         session = outcome["session"]

@@ -17,6 +17,8 @@ class AgentState(TypedDict, total=False):
     """probe's findings: CPU, RAM, GPUs, NVML availability, fingerprint."""
     environment: dict
     """provision's findings: Python and package versions the trials run with."""
+    runtimes: dict
+    """provision's environments per runtime that has one: {"official": {"python", "path", "lock_sha256", ...} or {"error"}}."""
     model: dict
     """fetch's findings: {"spec", "path", "lora": {"high_noise", "low_noise"} | None}."""
     attention: dict

@@ -65,10 +65,16 @@ def will_start(run_id: str, trial_dir: Path) -> bool:
     return not finished and not tmux.is_running(tmux.session_name(run_id, trial_dir.name))
 
 
-def _start(session: str, trial_dir: Path) -> None:
+def interpreter(environments: dict | None, runtime: str) -> str:
+    """The Python a trial of ``runtime`` runs with: its own environment's (provision made it), else the agent's."""
+    python = ((environments or {}).get(runtime) or {}).get("python")
+    return python if python and Path(python).exists() else sys.executable
+
+
+def _start(session: str, trial_dir: Path, python: str) -> None:
     forget(trial_dir)  # left by an attempt whose session was lost
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
+    argv = [python, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
     # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(trial_dir.parent.parent / "inductor-cache")
     env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER}
@@ -93,9 +99,10 @@ def execute(
     poll_s: float = 0.5,
     telemetry_interval_s: float = 0.5,
     gpu: int | None = 0,
+    python: str = sys.executable,
 ) -> dict:
     """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data. ``gpu`` is
-    the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler."""
+    the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler; ``python`` runs the worker."""
     session = tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
     reattached, reruns = False, []
@@ -113,7 +120,7 @@ def execute(
                 if reattached:
                     logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
                 else:
-                    _start(session, trial_dir)
+                    _start(session, trial_dir, python)
                 sampler.start()
                 result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
             except KeyboardInterrupt:

@@ -90,6 +90,9 @@ def _skip_reason(knobs: Knobs, best_knobs: dict, state: AgentState, new_workload
         return "changes nothing on top of the current best"
     if knobs.lightning and not state["model"].get("lightning"):
         return f"needs the Lightning LoRA, and source {state['model']['spec']} has none"
+    environment = (state.get("runtimes") or {}).get(knobs.runtime) or {}
+    if "error" in environment:
+        return f"runtime {knobs.runtime}: its environment could not be made ({environment['error']})"
     return cannot_run(knobs, state["hardware"], state["playbook"]["device"])
 
 

@@ -1,8 +1,8 @@
 """provision: check the packages a trial needs are importable, that the environment fits the hardware (agent/provision),
 and record every version, the lock they came from, the full package list and what does not fit.
 
-Trials run with this interpreter (start_wan.sh made and pinned its venv); separate environments per runtime come
-with the official runtime (issue 13).
+Trials run with this interpreter (start_wan.sh made and pinned its venv), but for a runtime with an environment of its
+own (agent/provision/runtimes.py: the official Wan2.2 code), made here when a rung may run it on this hardware.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from langgraph.runtime import Runtime
 from agent import hardware
 from agent.files import read_json, write_json_atomic, write_text_atomic
 from agent.nodes import journal, run_dir
-from agent.provision import fit
+from agent.provision import fit, runtimes
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -48,12 +48,28 @@ def provision(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     info = state["hardware"]
     problems = fit.problems(info, versions, arch_list, fit.skipped_installs()) + fit.kernel_problems(info)
     lock = {"path": str(LOCK), "sha256": hashlib.sha256(LOCK.read_bytes()).hexdigest()} if LOCK.is_file() else None
-    write_text_atomic(run_dir(state, runtime) / "environment.txt", _freeze())
-    run_json = run_dir(state, runtime) / "run.json"
-    record = {"versions": versions, "lock": lock, "fit_problems": problems, "freeze": "environment.txt"}
+    here = run_dir(state, runtime)
+    write_text_atomic(here / "environment.txt", _freeze())
+    envs = _runtime_environments(state, runtime.context.cache_dir / "envs", here)
+    run_json = here / "run.json"
+    record = {"versions": versions, "lock": lock, "fit_problems": problems, "freeze": "environment.txt", "runtimes": envs}
     write_json_atomic(run_json, (read_json(run_json) or {}) | record)
     logger.info("environment: %s", ", ".join(f"{k} {v}" for k, v in versions.items()))
     for problem in problems:
         logger.warning("environment: %s", problem)
-    journal(state, runtime).record("provision", key="provision", versions=versions, lock=lock, fit_problems=problems)
-    return {"environment": versions}
+    log = journal(state, runtime)
+    log.record("provision", key="provision", versions=versions, lock=lock, fit_problems=problems, runtimes=envs)
+    return {"environment": versions, "runtimes": envs}
+
+
+def _runtime_environments(state: AgentState, root: Path, here: Path) -> dict:
+    """The official runtime's environment, when a rung may run it here; its pip freeze copied beside the run."""
+    if not runtimes.wanted(state["playbook"], state["hardware"]):
+        return {}
+    env = runtimes.official(root)
+    if "error" in env:
+        logger.warning("runtime official: %s", env["error"])
+        return {"official": env}
+    write_text_atomic(here / "environment-official.txt", (Path(env["path"]) / "freeze.txt").read_text())
+    logger.info("runtime official: environment %s (%s)", env["path"], "reused" if env["reused"] else "made")
+    return {"official": env | {"freeze": "environment-official.txt"}}

@@ -33,6 +33,7 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 runtime.context.poll_s,
                 runtime.context.telemetry_interval_s,
                 index,
+                python=trials.interpreter(state.get("runtimes"), candidate["knobs"]["runtime"]),
             )
         except OSError as err:
             problem = storage_problem(err)

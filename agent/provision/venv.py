@@ -42,14 +42,18 @@ class Environment:
         return (self.path / "freeze.txt").read_text().splitlines()
 
 
-def ensure(lock: Path, root: Path, wheelhouse: Path | None = None) -> Environment:
-    """The environment for ``lock`` under ``root``, made if it is not there yet."""
+def ensure(lock: Path, root: Path, wheelhouse: Path | None = None, extends: Path | None = None) -> Environment:
+    """The environment for ``lock`` under ``root``, made if it is not there yet. With ``extends`` (another environment's
+    site-packages folder) it sees that environment's packages behind its own, so the lock lists only what it adds or
+    pins otherwise: a runtime's extra packages without a second copy of torch."""
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()
-    target = root / f"env-{digest[:16]}"
+    # The same lock over another base is another environment.
+    key = digest[:16] if extends is None else hashlib.sha256(f"{digest} {extends}".encode()).hexdigest()[:16]
+    target = root / f"env-{key}"
     if (target / "freeze.txt").is_file():
         return Environment(target, digest, reused=True)
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".env-{digest[:16]}.lock", "a+") as held:
+    with open(root / f".env-{key}.lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         if (target / "freeze.txt").is_file():  # made by whoever held the lock before us
             return Environment(target, digest, reused=True)
@@ -57,7 +61,7 @@ def ensure(lock: Path, root: Path, wheelhouse: Path | None = None) -> Environmen
             logger.info("removing %s, an environment left half-made", target)
             shutil.rmtree(target)
         try:
-            _make(target, lock, wheelhouse)
+            _make(target, lock, wheelhouse, extends)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -72,10 +76,13 @@ def _run(command: list[str], lock: Path) -> str:
     return done.stdout
 
 
-def _make(target: Path, lock: Path, wheelhouse: Path | None) -> None:
+def _make(target: Path, lock: Path, wheelhouse: Path | None, extends: Path | None) -> None:
     logger.info("making an environment from %s in %s%s", lock, target, f" (wheelhouse {wheelhouse})" if wheelhouse else "")
     _run([sys.executable, "-m", "venv", str(target)], lock)
     python = str(target / "bin" / "python")
+    if extends is not None:  # that folder joins sys.path after the environment's own, its .pth files run (editable installs)
+        site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], lock).strip()
+        (Path(site) / "wan-agent-extends.pth").write_text(f"import site; site.addsitedir({str(extends)!r})\n")
     source = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else []
     install = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", *source, "-r", str(lock)]
     _run(install, lock)

@@ -184,6 +184,7 @@ def run(config: TrialConfig) -> dict:
         "prompt": config.workload.prompt,  # as the model received it, for the verbatim check
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "versions": versions(),
+        "python": sys.executable,  # the agent's environment's, or the runtime's own (agent/provision/runtimes.py)
         "environment": sorted(os.environ),  # names only: what reached the trial (never a secret's value)
         "stages": stages,
         "setup": setup | {"cpu_threads": torch.get_num_threads()},

@@ -55,3 +55,14 @@ def test_a_lock_the_wheelhouse_cannot_satisfy_leaves_nothing_half_made(wheelhous
     (half / "bin").mkdir(parents=True)
     made = venv.ensure(good, tmp_path / "envs", wheelhouse)
     assert made.path == half and not made.reused and (half / "bin" / "python").exists()
+
+
+def test_an_environment_over_another_sees_its_packages_behind_its_own(wheelhouse, tmp_path):
+    base = venv.ensure(lock(tmp_path / "base.lock", "tinypkg==0.1.0\n"), tmp_path / "envs", wheelhouse)
+    base_site = next((base.path / "lib").glob("python*/site-packages"))
+    over = venv.ensure(lock(tmp_path / "over.lock", "tinypkg==0.2.0\n"), tmp_path / "envs", wheelhouse, extends=base_site)
+    probe = f"import sys, tinypkg; print(tinypkg.VERSION, any(p.startswith({str(base_site)!r}) for p in sys.path))"
+    said = subprocess.run([str(over.python), "-c", probe], capture_output=True, text=True)
+    assert said.stdout.split() == ["0.2.0", "True"], said.stderr  # its own pin first, the base behind it
+    again = venv.ensure(tmp_path / "over.lock", tmp_path / "envs", wheelhouse, extends=tmp_path / "elsewhere")
+    assert not again.reused and again.path != over.path  # the same lock over another base is another environment

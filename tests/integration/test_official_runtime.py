@@ -123,5 +123,13 @@ def test_the_agent_treats_the_runtime_as_one_more_rung(tmp_path):
     assert "does not take vae_tiling=True" in skipped["official-tiled"]
     journal = (run_dir / "journal.md").read_text()
     assert "**Runtime.** The official code, wan22 2.2.11" in journal and "flash_attn is not installed" in journal
+    # Its trial ran in the environment provision made from locks/official.txt; the baseline in the agent's own.
+    env = json.loads((run_dir / "run.json").read_text())["runtimes"]["official"]
+    assert (
+        "Runtime `official` runs in an environment of its own" in journal
+        and "wan22==2.2.11" in (run_dir / env["freeze"]).read_text()
+    )
+    python = {name: json.loads((run_dir / "trials" / name / "result.json").read_text())["python"] for name in decisions}
+    assert python["01-official-runtime"] == env["python"] != python["00-baseline"]
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["knobs"]["runtime"] == ("official" if official["verdict"] == "kept" else "diffusers")
