@@ -44,7 +44,7 @@ def experts(pipe) -> list:
     return [m for m in (getattr(pipe, name, None) for name in EXPERTS) if m is not None]
 
 
-def _fuse_lightning(pipe, lora: dict) -> None:
+def fuse_lightning(pipe, lora: dict) -> None:
     """Load the high-noise LoRA into `transformer`, the low-noise one into `transformer_2`, fuse both, unload."""
     pipe.load_lora_weights(lora["high_noise"], adapter_name="lightning")
     pipe.load_lora_weights(lora["low_noise"], adapter_name="lightning_2", load_into_transformer_2=True)
@@ -53,7 +53,7 @@ def _fuse_lightning(pipe, lora: dict) -> None:
     pipe.unload_lora_weights()
 
 
-def _apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
+def apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
     if knobs.fp8 == "layerwise":  # storage only: weights in float8, upcast per layer
         for expert in experts(pipe):
             expert.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=DTYPES[knobs.precision])
@@ -121,7 +121,7 @@ def _compile(pipe, mode: str) -> None:
 VAE_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": False, "coordinate_descent_check_all_directions": False}
 
 
-def _tune_vae(vae, mode: str) -> None:
+def tune_vae(vae, mode: str) -> None:
     torch.backends.cudnn.benchmark = True  # cuDNN times its conv3d algorithms once per shape, keeps the fastest
     for module in vae.modules():
         if isinstance(module, torch.nn.Conv3d):
@@ -135,7 +135,7 @@ def _tune_vae(vae, mode: str) -> None:
         vae.decoder.compile(dynamic=False, options=VAE_INDUCTOR_OPTIONS)
 
 
-def _load(config: TrialConfig, dtype: torch.dtype, device: torch.device):
+def load(config: TrialConfig, dtype: torch.dtype, device: torch.device):
     """The pipeline, the offload mode chosen for it (and why), and its Lightning LoRA (paths or tensors)."""
     from diffusers import WanPipeline
 
@@ -174,14 +174,14 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, index)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    pipe, offload, offload_reason, lora = _load(config, dtype, device)
+    pipe, offload, offload_reason, lora = load(config, dtype, device)
     synchronize(device)
     stages["load_s"] = time.perf_counter() - t0
     setup: dict = {"offload": offload, "offload_reason": offload_reason}
     if knobs.lightning:
         t0 = time.perf_counter()
         assert lora is not None  # TrialConfig refuses lightning without LoRA files unless the model is synthetic
-        _fuse_lightning(pipe, lora)
+        fuse_lightning(pipe, lora)
         synchronize(device)
         stages["lora_fuse_s"] = time.perf_counter() - t0
     pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=knobs.flow_shift)
@@ -191,7 +191,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
     if offload == "none":  # quantize where the weights will run; offloaded ones are quantized in host memory
         memory.place(pipe, offload, device, knobs.text_encoder_on_cpu)
     if knobs.fp8 != "none":
-        _apply_fp8(pipe, knobs, device)
+        apply_fp8(pipe, knobs, device)
     if knobs.fp4 != "none":
         _apply_fp4(pipe, device)
     if offload != "none":
@@ -199,7 +199,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
     if knobs.vae_tiling:
         pipe.vae.enable_tiling()
     if knobs.vae_decode != "eager":
-        _tune_vae(pipe.vae, knobs.vae_decode)
+        tune_vae(pipe.vae, knobs.vae_decode)
     if knobs.compile != "none":
         _compile(pipe, knobs.compile)
     synchronize(device)

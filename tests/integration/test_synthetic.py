@@ -8,7 +8,7 @@ import torch
 from diffusers import WanPipeline
 
 from agent import sources
-from agent.runtime.pipeline import _fuse_lightning
+from agent.runtime.pipeline import fuse_lightning
 from agent.sources import synthetic
 
 
@@ -56,7 +56,7 @@ def test_every_precision_starts_from_the_same_weights():
 def test_lightning_lora_fuses_into_both_experts(model):
     pipe = WanPipeline.from_pretrained(model.path, dtype=torch.float32)
     before = [t.blocks[0].attn1.to_q.weight.clone() for t in (pipe.transformer, pipe.transformer_2)]
-    _fuse_lightning(pipe, model.lora)
+    fuse_lightning(pipe, model.lora)
     after = [t.blocks[0].attn1.to_q.weight for t in (pipe.transformer, pipe.transformer_2)]
     for old, new in zip(before, after, strict=True):
         assert not torch.equal(old, new)

@@ -16,6 +16,7 @@ and reported by the same code.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 import warnings
 from types import SimpleNamespace
@@ -153,17 +154,17 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
         raise UnsupportedOnHardware(refused)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    pipe, offload, offload_reason, lora = diffusers_runtime._load(config, dtype, device)
+    pipe, offload, offload_reason, lora = diffusers_runtime.load(config, dtype, device)
     if offload != "none":
         raise UnsupportedOnHardware(
             f"runtime official keeps its experts resident; this trial needs offload={offload} ({offload_reason})"
         )
     if knobs.lightning:
         assert lora is not None
-        diffusers_runtime._fuse_lightning(pipe, lora)  # fused in diffusers' layout, then converted with the rest
+        diffusers_runtime.fuse_lightning(pipe, lora)  # fused in diffusers' layout, then converted with the rest
     patch = modules.patch_attention(device)
     attention_patch.use_kernel(support.SDPA_BACKENDS[knobs.attention])
-    with _scratch() as scratch:
+    with tempfile.TemporaryDirectory(prefix="wan-agent-tokenizer-") as scratch:
         official = OfficialPipeline(pipe, device, dtype, knobs.flow_shift, _tokenizer_dir(config, pipe, scratch))
     del pipe
     for module in (official.text_encoder, official.transformer, official.transformer_2, official.vae.model):
@@ -174,13 +175,13 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     t0 = time.perf_counter()
     inner = SimpleNamespace(transformer=official.transformer.model, transformer_2=getattr(official.transformer_2, "model", None))
     if knobs.fp8 != "none":
-        diffusers_runtime._apply_fp8(inner, knobs, device)
+        diffusers_runtime.apply_fp8(inner, knobs, device)
     if knobs.compile != "none":  # each block on its own: the attention stand-in's length check breaks a whole graph
         for expert in diffusers_runtime.experts(inner):
             for block in expert.blocks if knobs.compile == "regional" else [expert]:
                 block.compile()
     if knobs.vae_decode != "eager":
-        diffusers_runtime._tune_vae(official.vae, knobs.vae_decode)
+        diffusers_runtime.tune_vae(official.vae, knobs.vae_decode)
     diffusers_runtime.synchronize(device)
     stages["prepare_s"] = time.perf_counter() - t0
     setup = {
@@ -198,11 +199,3 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
         "attention_patch": patch,
     }
     return official, stages, setup
-
-
-@contextlib.contextmanager
-def _scratch():
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="wan-agent-tokenizer-") as folder:
-        yield folder
