@@ -65,6 +65,22 @@ if [ "$have" != "$want-dev" ] && { [ $dev = 1 ] || [ "$have" != "$want" ]; }; th
   # (flash_attn is what the attention patch replaces; decord, librosa, cv2 serve pipelines never imported). Runs use
   # an environment of its own, made from locks/official.txt by provision (agent/provision/runtimes.py).
   [ $dev = 1 ] && .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt wan22
+  # torch must see the GPU: pip's build of it targets one CUDA version, and a driver older than that cannot run it.
+  # Then the same release is tried from PyTorch's index of each CUDA build this driver runs, newest first.
+  sees_gpu() { .venv/bin/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; }
+  if [ -n "$cap" ] && ! sees_gpu; then
+    driver_cuda="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9.]*\).*/\1/p' | head -1)"
+    torch_version="$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')"
+    for index in $(.venv/bin/python -m agent.provision.torch_build "$driver_cuda" || true); do
+      echo "start_wan.sh: torch $torch_version does not see the GPU (driver: CUDA $driver_cuda); trying $index" >&2
+      if .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall -c constraints.txt \
+          --index-url "$index" --extra-index-url "${PIP_INDEX_URL:-https://pypi.org/simple}" "torch==$torch_version" && sees_gpu; then
+        break
+      fi
+    done
+    sees_gpu || echo "torch: no build of torch $torch_version runs on this driver (CUDA $driver_cuda): upgrade the NVIDIA driver" \
+      >> .venv/.wan-agent-skipped
+  fi
   echo "$want$([ $dev = 1 ] && echo -dev)" > .venv/.wan-agent-installed
 fi
 [ $install_only = 1 ] && exit 0

@@ -1,6 +1,8 @@
 """Whether an environment fits the hardware: each misfit a sentence saying what will not work and the fix."""
 
-from agent.provision import fit
+import pytest
+
+from agent.provision import fit, torch_build
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "driver": "580.159.04", "driver_cuda": "13.0"}
 VERSIONS = {"torch": "2.13.0", "torchao": "0.18.0"}
@@ -45,3 +47,11 @@ def test_fp8_hardware_without_torchao_and_what_start_wan_skipped(tmp_path):
 
 def test_kernels_are_checked_only_where_there_are_gpus():
     assert fit.kernel_problems(machine()) == []
+
+
+def test_the_torch_builds_a_driver_runs_newest_first():
+    assert torch_build.candidates("12.4") == [f"https://download.pytorch.org/whl/cu{v}" for v in ("124", "121", "118")]
+    assert torch_build.candidates("13.0")[0].endswith("/cu130") and len(torch_build.candidates("13.0")) == 7
+    assert torch_build.candidates("11.7") == []  # older than every build: the driver must be upgraded
+    with pytest.raises(ValueError, match="not a CUDA version"):
+        torch_build.candidates("twelve")
