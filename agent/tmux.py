@@ -39,6 +39,7 @@ PASSED_ENV = (
     "HF_HOME",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
+    "WAN_AGENT_OFFICIAL_CODE",  # a checkout of the official Wan2.2 code (agent/runtime/official/modules.py)
 )
 PASSED_PREFIXES = ("CUDA_", "NCCL_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "OMP_", "MKL_", "OPENBLAS_")
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")

@@ -2,6 +2,11 @@
 diffusers' WanTransformer3DModel computes on the same weights, and a batch of clips of unequal sizes comes out
 as each clip alone (the module's own SDPA fallback does not: it attends the padding)."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -71,3 +76,27 @@ def test_a_batch_of_unequal_clips_comes_out_as_each_clip_alone(official):
             model_module.flash_attention = attention_patch.flash_attention
     assert err(batched, alone) < 1e-5
     assert err(naive, alone) > 1e-2
+
+
+def test_the_code_can_come_from_a_checkout_of_the_official_repository(tmp_path):
+    """WAN_AGENT_OFFICIAL_CODE names a checkout; its commit is recorded, and one other than the pinned says so."""
+    installed, _ = modules.code()
+    checkout = tmp_path / "Wan2.2"
+    for sub in ("modules", "utils"):
+        shutil.copytree(installed / sub, checkout / "wan" / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "checkout"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    said = subprocess.run(
+        [sys.executable, "-c", "from agent.runtime.official import modules; m = modules.module('model'); "
+         "print(m.__file__); print(modules.code()[1])"],
+        capture_output=True, text=True, env={**os.environ, modules.CHECKOUT_ENV: str(checkout)},
+    )  # fmt: skip
+    path, source = said.stdout.splitlines()
+    assert path == str(checkout / "wan" / "modules" / "model.py"), said.stderr
+    assert source.startswith(f"{modules.OFFICIAL_REPO} at ") and f"pinned is {modules.OFFICIAL_COMMIT[:12]}" in source
+    empty = subprocess.run(
+        [sys.executable, "-c", "from agent.runtime.official import modules; modules.module('model')"],
+        capture_output=True, text=True, env={**os.environ, modules.CHECKOUT_ENV: str(tmp_path)},
+    )  # fmt: skip
+    assert empty.returncode == 1 and "has no wan/modules/model.py" in empty.stderr

@@ -5,12 +5,17 @@ run where flash_attn cannot.
 ``torch.cuda.current_device()`` at import, so it fails on a machine without CUDA. The DiT itself
 (``wan/modules/model.py``) needs only torch and diffusers' config mixins: its folder is mounted as a package of its
 own, without running ``wan/__init__.py``, and its modules are imported from there.
+
+The code comes from the installed ``wan22`` package, or from a checkout of the official repository named by
+``WAN_AGENT_OFFICIAL_CODE`` (pinned: ``OFFICIAL_COMMIT``, whose files used here are byte-identical to wan22 2.2.11's).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -22,7 +27,10 @@ import torch
 
 from agent.runtime.official import attention_patch
 
-PACKAGE = "wan22_official"  # the installed wan22's `wan` folder, under a name of its own, its __init__ never run
+OFFICIAL_REPO = "https://github.com/Wan-Video/Wan2.2"
+OFFICIAL_COMMIT = "42bf4cfaa384bc21833865abc2f9e6c0e67233dc"  # 2026-03-17
+CHECKOUT_ENV = "WAN_AGENT_OFFICIAL_CODE"
+PACKAGE = "wan22_official"  # the official code's `wan` folder, under a name of its own, its __init__ never run
 
 
 class OfficialCodeMissing(RuntimeError):
@@ -30,13 +38,32 @@ class OfficialCodeMissing(RuntimeError):
 
 
 @cache
-def module(name: str) -> types.ModuleType:
-    """``wan/modules/NAME.py`` of the installed wan22 (``model``, ``attention``, ``t5``, ``vae2_1``), or
-    ``wan/NAME.py`` for a dotted name (``utils.fm_solvers_unipc``)."""
+def code() -> tuple[Path, str]:
+    """The official code's ``wan`` folder, and where it came from (the checkout's commit, or the package's version)."""
+    checkout = os.environ.get(CHECKOUT_ENV)
+    if checkout:
+        folder = Path(checkout) / "wan"
+        if not (folder / "modules" / "model.py").is_file():
+            raise OfficialCodeMissing(f"{CHECKOUT_ENV}={checkout} has no wan/modules/model.py: clone {OFFICIAL_REPO} there")
+        try:
+            said = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True)
+        except OSError:  # no git on this machine
+            said = subprocess.CompletedProcess([], 1)
+        commit = said.stdout.strip() if said.returncode == 0 else "an unknown commit (not a git checkout)"
+        pinned = "" if commit == OFFICIAL_COMMIT else f"; pinned is {OFFICIAL_COMMIT[:12]}: `git checkout {OFFICIAL_COMMIT}`"
+        return folder, f"{OFFICIAL_REPO} at {commit[:12]} ({checkout}{pinned})"
     try:
         folder = Path(str(importlib.metadata.distribution("wan22").locate_file("wan")))
     except importlib.metadata.PackageNotFoundError:
         raise OfficialCodeMissing("the official Wan2.2 code is not installed: `pip install --no-deps wan22==2.2.11`") from None
+    return folder, f"wan22 {importlib.metadata.version('wan22')}"
+
+
+@cache
+def module(name: str) -> types.ModuleType:
+    """``wan/modules/NAME.py`` of the official code (``model``, ``attention``, ``t5``, ``vae2_1``), or ``wan/NAME.py``
+    for a dotted name (``utils.fm_solvers_unipc``)."""
+    folder, _ = code()
     for package, path in ((PACKAGE, folder), *((f"{PACKAGE}.{sub}", folder / sub) for sub in ("modules", "utils"))):
         if package not in sys.modules:  # a package whose __init__.py is not run: it imports every pipeline
             mounted = types.ModuleType(package)
@@ -49,10 +76,6 @@ def module(name: str) -> types.ModuleType:
     except ImportError as err:
         fix = "pip install ftfy einops regex (the official runtime's own needs besides torch, diffusers, transformers)"
         raise OfficialCodeMissing(f"wan/{dotted.replace('.', '/')}.py does not import: {err}; {fix}") from err
-
-
-def version() -> str:
-    return importlib.metadata.version("wan22")
 
 
 @contextmanager

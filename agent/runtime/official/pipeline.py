@@ -188,7 +188,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
         "offload": "none",
         "offload_reason": offload_reason,
         "runtime": {
-            "code": f"wan22 {modules.version()} (wan/modules, wan/utils/fm_solvers_unipc.py)",
+            "code": f"{modules.code()[1]} (wan/modules, wan/utils/fm_solvers_unipc.py)",
             "sampling": "WanT2V.generate's loop: FlowUniPC solver, expert boundary 0.875, "
             "CFG per expert (skipped at guidance <= 1)",
             "solver_shift": knobs.flow_shift,
