@@ -20,15 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import hardware, playbook, trials  # noqa: E402
 from agent.files import write_json_atomic  # noqa: E402
-from agent.quality import relative_error  # noqa: E402
 from agent.runtime.config import Knobs, Measurement, TrialConfig  # noqa: E402
-from agent.runtime.worker import CHECK_FILE, VAE_CHECK  # noqa: E402
+from agent.runtime.worker import check_errors, checks  # noqa: E402
 
 SUMMARY = ("generate_s", "text_encode_s", "denoise_s", "vae_decode_s", "step_s", "spread_s", "repeats", "predicted")
 
@@ -49,12 +46,6 @@ def run_trial(out: Path, config: TrialConfig, timeout: float) -> dict:
     result = json.loads((out / "result.json").read_text())
     print(f"{out.name}: exit {code}, {result.get('summary', {}).get('generate_s')} s per clip", flush=True)
     return result
-
-
-def _check_errors(trial: Path, reference: Path) -> dict[str, float]:
-    """Each expert's check output (agent.runtime.worker.CHECK_FILE) against the reference trial's, as relative error."""
-    mine, ref = np.load(trial / CHECK_FILE), np.load(reference / CHECK_FILE)
-    return {name: relative_error(mine[name], ref[name]) for name in ref.files if name != VAE_CHECK}
 
 
 def markdown(data: dict) -> str:
@@ -154,8 +145,9 @@ def main() -> None:
                 "device": result.get("device"),
             }
         if args.fp32_reference:  # which runtime's rounding lands nearer the same model computed in fp32
-            figures["against_fp32"] = {label: _check_errors(out / "trials" / f"{pair}-{label}", out / "trials" / f"{pair}-fp32")
-                                       for label in ("diffusers", "official") if figures[label]["status"] == "ok"}  # fmt: skip
+            fp32 = checks(out / "trials" / f"{pair}-fp32")
+            ok = [label for label in ("diffusers", "official") if figures[label]["status"] == "ok"]
+            figures["against_fp32"] = {label: check_errors(checks(out / "trials" / f"{pair}-{label}"), fp32) for label in ok}
         report["pairs"][pair] = {"knobs": knobs.model_dump(), "measurement": measurement.model_dump(), **figures}
         write_json_atomic(out / "official_vs_diffusers.json", report)
 

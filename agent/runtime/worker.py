@@ -52,19 +52,30 @@ def _peak_memory(device) -> dict[str, float]:
     return peak
 
 
+def checks(trial: Path):
+    """A trial's check outputs (CHECK_FILE), by name."""
+    return np.load(trial / CHECK_FILE)
+
+
+def check_errors(mine, ref) -> dict[str, float]:
+    """Each expert's check output against the reference trial's, as relative error (the experts both trials have)."""
+    from agent.quality import relative_error
+
+    return {name: relative_error(mine[name], ref[name]) for name in ref.files if name in mine.files and name != VAE_CHECK}
+
+
 def _fidelity(config: TrialConfig, out: Path) -> dict:
     """This trial's check outputs (and saved frames, in full mode) against the reference trial's, when there is one."""
-    from agent.quality import fidelity, relative_error
+    from agent.quality import fidelity
 
     if config.reference_dir is None:
         return {}
     ref_dir = Path(config.reference_dir)
     report: dict = {"reference": ref_dir.name}
     if (ref_dir / CHECK_FILE).exists():
-        mine, ref = np.load(out / CHECK_FILE), np.load(ref_dir / CHECK_FILE)
-        names = [name for name in ref.files if name in mine.files]
-        report["relative_error"] = {name: relative_error(mine[name], ref[name]) for name in names if name != VAE_CHECK}
-        if VAE_CHECK in names:  # recorded, not gated: tiling random weights changes pixels that real weights would not
+        mine, ref = checks(out), checks(ref_dir)
+        report["relative_error"] = check_errors(mine, ref)
+        if VAE_CHECK in ref.files and VAE_CHECK in mine.files:  # recorded, not gated: tiling random weights changes pixels
             report[VAE_CHECK] = fidelity(mine[VAE_CHECK] / 255.0, ref[VAE_CHECK] / 255.0)
     if (out / "frames.npy").exists() and (ref_dir / "frames.npy").exists():
         report |= fidelity(np.load(out / "frames.npy") / 255.0, np.load(ref_dir / "frames.npy") / 255.0)

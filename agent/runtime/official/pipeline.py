@@ -106,10 +106,11 @@ class OfficialPipeline:
 
     def encode_prompt(self, prompt: str, negative_prompt: str, do_classifier_free_guidance: bool, device: torch.device,
                       max_sequence_length: int = TEXT_LEN):  # fmt: skip
-        """As ``T5EncoderModel.__call__``: each prompt's own tokens (the DiT pads them back to 512 with zeros)."""
+        """As ``T5EncoderModel.__call__``: each prompt's own tokens, at most ``max_sequence_length`` (the DiT pads them
+        back to its text_len, 512, with zeros)."""
 
         def encode(text: str) -> torch.Tensor:
-            ids, mask = self.tokenizer([text], return_mask=True, add_special_tokens=True)
+            ids, mask = self.tokenizer([text], return_mask=True, add_special_tokens=True, max_length=max_sequence_length)
             ids, mask = ids.to(device), mask.to(device)
             return self.text_encoder(ids, mask)[:, : int(mask.gt(0).sum())]
 
