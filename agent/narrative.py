@@ -245,7 +245,12 @@ def render_markdown(events: list[dict]) -> str:
     ]
     if "provision" in by_kind:
         lines.append("- Environment: " + ", ".join(f"{k} {v}" for k, v in first("provision")["versions"].items()))
-        lines += [f"- **Does not fit:** {problem}" for problem in first("provision").get("fit_problems", [])]
+        misfits = first("provision").get("fit_problems", [])
+        lines += [f"- **Does not fit:** {problem}" for problem in misfits]
+        if not misfits and first("probe").get("hardware", {}).get("gpus"):
+            lines.append("- Fits the hardware: torch's CUDA build runs on this driver, its kernels cover these GPUs' "
+                         "architectures, FP8's torchao is there where FP8 computes, and a bf16 matmul and attention "
+                         "ran on each GPU")  # fmt: skip
         lines += [_runtime_environment(name, env) for name, env in (first("provision").get("runtimes") or {}).items()]
     if "fetch" in by_kind:
         model = first("fetch")["model"]

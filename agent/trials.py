@@ -162,15 +162,23 @@ def _interrupted(session: str, trial_dir: Path) -> None:
 
 
 class _Progress:
-    """Echoes the worker's latest line every few seconds, so a long trial shows it is alive."""
+    """Echoes the worker's latest line when it changes (looked at every few seconds), and once a minute when it does
+    not, with how long it has stood, so a long trial shows it is alive without repeating itself."""
 
-    def __init__(self, trial: str, log: Path, every_s: float = 5.0):
-        self.trial, self.log, self.every_s, self.last = trial, log, every_s, time.monotonic()
+    def __init__(self, trial: str, log: Path, every_s: float = 5.0, quiet_s: float = 60.0):
+        self.trial, self.log, self.every_s, self.quiet_s = trial, log, every_s, quiet_s
+        self.last = self.shown_at = self.since = time.monotonic()
+        self.shown = ""
 
     def show(self) -> None:
-        if time.monotonic() - self.last < self.every_s:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
             return
-        self.last = time.monotonic()
+        self.last = now
         tail = _WORKER_TIME.sub("", _log_tail(self.log, 1)).strip()
-        if tail:
+        if tail and tail != self.shown:
             logger.info("[%s] %s", self.trial, tail)
+            self.shown, self.shown_at, self.since = tail, now, now
+        elif tail and now - self.shown_at >= self.quiet_s:
+            logger.info("[%s] still at: %s (%.0f s)", self.trial, tail, now - self.since)
+            self.shown_at = now

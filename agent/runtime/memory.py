@@ -2,8 +2,10 @@
 
 ``offload: auto`` estimates what each mode needs from the components' sizes and the workload's
 activations, and picks the cheapest mode that fits the accelerator memory this process may use.
-The activation figures are scaled from measurements on an H100 (../shared/PERF.md): one A14B forward at
-32,760 tokens peaks 3.5 GiB over its weights, and a bf16 VAE decode of 81×480×832 peaks near 18 GiB.
+The activation figures are scaled from measurements on an H100: one A14B forward at 32,760 tokens peaks 3.5 GiB
+over its weights (../shared/PERF.md), and a bf16 decode of 81×480×832 peaks at 5.0 GiB untiled and 1.9 GiB tiled
+(benchmarks/results/h100-2026-11-23/vae.json; diffusers decodes a few latent frames at a time). The whole A14B
+pipeline, untiled and resident, peaked at 68.7 GiB there (benchmarks/results/h100-2026-11-26/official/).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("text_encoder", "transformer", "transformer_2", "vae")
 DIT_ACTIVATION_FACTOR = 11  # peak activation bytes ≈ factor × tokens × hidden size × element size
-VAE_BYTES_PER_PIXEL_FRAME = 600  # bf16 decode, untiled
-VAE_TILED_SHARE = 0.25  # tiling keeps roughly a quarter of the untiled peak
+# The official DiT keeps its residual stream in float32 and applies RoPE in float64: on an H200 its A14B forward at
+# 32,760 tokens peaked 14.2 GiB over its weights (benchmarks/results/h200-2026-11-26/official/), 4x diffusers'.
+OFFICIAL_DIT_ACTIVATION_FACTOR = 46
+VAE_BYTES_PER_PIXEL_FRAME = 170  # bf16 decode, untiled: 5.0 GiB over 32.3 M pixel-frames
+VAE_TILED_SHARE = 0.4  # tiling keeps 1.9 of the 5.0 GiB
 GROUP_OFFLOAD_RESIDENT = 2 * 2**30  # leaf-level group offload keeps a few layers resident
 FIT_MARGIN = 0.9  # plan against 90 % of the budget: fragmentation, cuBLAS workspaces, CUDA graphs
 
@@ -42,14 +47,16 @@ def budget_bytes(device: torch.device, fraction: float | None) -> int:
     return max(free, 0)
 
 
-def needs(pipe, workload, vae_tiling: bool, fp8: bool, text_encoder_on_cpu: bool) -> dict[str, int]:
+def needs(pipe, workload, vae_tiling: bool, fp8: bool, text_encoder_on_cpu: bool,
+          activation_factor: int = DIT_ACTIVATION_FACTOR) -> dict[str, int]:  # fmt: skip
     """Bytes of accelerator memory each offload mode needs for this pipeline and workload."""
     cfg = pipe.transformer.config
     vae = (pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)
     tokens = attention.self_attention_shape(dict(cfg), workload.height, workload.width, workload.frames, *vae)[1]
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
-    element = next(pipe.transformer.parameters()).element_size()
-    dit_act = DIT_ACTIVATION_FACTOR * tokens * hidden * element
+    # The bulk of the weights' dtype: the first parameter may be one kept in float32 (twice the activations).
+    element = max(pipe.transformer.parameters(), key=lambda t: t.numel()).element_size()
+    dit_act = activation_factor * tokens * hidden * element
     pixel_frames = workload.frames * workload.height * workload.width
     vae_act = VAE_BYTES_PER_PIXEL_FRAME * pixel_frames * (VAE_TILED_SHARE if vae_tiling else 1)
     sizes = {name: module_bytes(getattr(pipe, name, None)) for name in COMPONENTS}
@@ -76,13 +83,16 @@ def choose(requested: str, pipe, config, device: torch.device) -> tuple[str, str
     if requested != "auto":
         return requested, "asked for by the configuration"
     knobs = config.knobs
-    need = needs(pipe, config.workload, knobs.vae_tiling, knobs.fp8 != "none", knobs.text_encoder_on_cpu)
+    factor = OFFICIAL_DIT_ACTIVATION_FACTOR if knobs.runtime == "official" else DIT_ACTIVATION_FACTOR
+    need = needs(pipe, config.workload, knobs.vae_tiling, knobs.fp8 != "none", knobs.text_encoder_on_cpu, factor)
     budget = budget_bytes(device, config.gpu_memory_fraction)
     estimates = ", ".join(f"{m} {n / 2**30:.1f}" for m, n in need.items())
-    for mode in ("none", "model", "group", "sequential"):
+    # The official code swaps whole experts (WanT2V's offload_model) and nothing finer.
+    modes = ("none", "model") if knobs.runtime == "official" else ("none", "model", "group", "sequential")
+    for mode in modes:
         if need[mode] <= FIT_MARGIN * budget:
             return mode, f"needs ~{need[mode] / 2**30:.1f} GiB of {budget / 2**30:.1f} GiB free (GiB needed: {estimates})"
-    return "sequential", f"nothing fits {budget / 2**30:.1f} GiB free (GiB needed: {estimates}); trying sequential"
+    return modes[-1], f"nothing fits {budget / 2**30:.1f} GiB free (GiB needed: {estimates}); trying {modes[-1]}"
 
 
 def place(pipe, mode: str, device: torch.device, text_encoder_on_cpu: bool) -> None:

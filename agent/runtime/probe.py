@@ -78,9 +78,10 @@ def _step(model, latents, timestep, positive, negative, guidance: float, per_tok
     return out
 
 
-def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, log) -> dict:
+def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, log, offload: str = "none") -> dict:
     """Warm up, then time ``probe_steps`` steps of each expert, text encodes and VAE decodes (all warm); predict
-    the clip from each set of them: sample i is text_i + Σ_expert steps·step_i + decode_i."""
+    the clip from each set of them: sample i is text_i + Σ_expert steps·step_i + decode_i (+ the expert swaps of a
+    clip, when ``offload`` is model: one step of each expert again, right after the other's, less its warm step)."""
     knobs, measure = config.knobs, config.measurement
     split = expert_steps(pipe, knobs.steps)
     guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
@@ -95,24 +96,31 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
         "first_step_s": {},
         "step_samples_s": {},
     }
+
+    def step(name: str, model) -> float:
+        t = split[name][0]
+        scheduler = _scheduler_at(pipe, knobs.steps, t)
+        stop = timer(device)
+        # As the pipeline's loop does: float32 latents cast for the model, the scheduler's update after it.
+        out = _step(model, state.to(model.dtype), t, positive, negative, guidance[name], per_token)
+        scheduler.step(out, t, state, return_dict=False)
+        return stop()
+
+    named = [(n, m) for n, m in zip(("transformer", "transformer_2"), experts(pipe), strict=False) if split[n]]
     with torch.inference_mode():
-        for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
-            if not split[name]:
-                continue
-            t = split[name][0]
+        for name, model in named:
             times = []
             for i in range(warmup + count):
-                scheduler = _scheduler_at(pipe, knobs.steps, t)
-                stop = timer(device)
-                # As the pipeline's loop does: float32 latents cast for the model, the scheduler's update after it.
-                out = _step(model, state.to(model.dtype), t, positive, negative, guidance[name], per_token)
-                scheduler.step(out, t, state, return_dict=False)
-                times.append(stop())
+                times.append(step(name, model))
                 log(f"  probe {name} step {i + 1}/{warmup + count} {times[-1]:.3f} s")
             report["first_step_s"][name] = times[0]
             report["step_samples_s"][name] = times[warmup:]
             report["step_s"][name] = statistics.median(times[warmup:])
+        if offload == "model" and len(named) == 2:
+            report["swap_s"] = {name: max(step(name, model) - report["step_s"][name], 0.0) for name, model in named}
+            log(f"  probe expert swaps {sum(report['swap_s'].values()):.3f} s a clip")
     report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
+    report["predicted_denoise_s"] += sum(report.get("swap_s", {}).values())
     # The text encoder was already called once (cold: 0.2-0.4 s against 0.05 s warm on an H100); time it warm.
     report["text_encode_samples_s"] = [encode(pipe, config, device)[2] for _ in range(count)]
     log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")
@@ -123,6 +131,7 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
         report["text_encode_samples_s"][i]
         + sum(report["steps"][n] * report["step_samples_s"][n][i] for n in report["step_samples_s"])
         + decodes[i]
+        + sum(report.get("swap_s", {}).values())
         for i in range(count)
     ]
     return report

@@ -131,11 +131,11 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
     }
 
 
-def _probe(pipe, config: TrialConfig, device, positive, negative) -> dict:
+def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str) -> dict:
     """Per-expert forwards only; the clip's time is predicted from them, with the error the prediction may have."""
     from agent.runtime import probe
 
-    report = probe.probe(pipe, config, device, positive, negative, logger.info)
+    report = probe.probe(pipe, config, device, positive, negative, logger.info, offload)
     clips = report["clip_samples_s"]
     summary = {
         "generate_s": statistics.median(clips),
@@ -184,7 +184,7 @@ def run(config: TrialConfig) -> dict:
         np.savez(check_file, **check)  # type: ignore[arg-type]
     check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
     if config.measurement.mode == "probe":
-        measured = _probe(pipe, config, device, positive, negative)
+        measured = _probe(pipe, config, device, positive, negative, setup["offload"])
         reasons = [] if check_finite else ["non-finite transformer output"]
         measured["quality"] = {"passed": check_finite, "reasons": reasons, "finite": check_finite, "note": "probe mode: no clip"}
     else:

@@ -105,8 +105,14 @@ def test_memory_estimates_for_the_full_size_model():
     assert expert / 2**30 == pytest.approx(26.6, rel=0.02)  # 14.29 B parameters in bf16 (some kept fp32)
     work = Workload(prompt="x", height=480, width=832, frames=81, seed=0)
     need = memory.needs(skeleton, work, vae_tiling=False, fp8=False, text_encoder_on_cpu=False)
-    assert 70 * 2**30 < need["none"] < 90 * 2**30  # two experts + UMT5-XXL + VAE decode peak
+    # Two experts + UMT5-XXL + the decode's peak: 68.7 GiB measured untiled on an H100, which it fits (90 % of 78.7).
+    assert 67 * 2**30 < need["none"] < 0.9 * 78.7 * 2**30
     assert need["model"] < need["none"] and need["sequential"] <= need["group"] <= need["model"]
+    # The official DiT (float32 residual, float64 RoPE) peaked at 78.5 GiB resident on an H200 and ran out of memory
+    # on the H100; with one expert at a time it peaked at 41.1 GiB there.
+    official = memory.needs(skeleton, work, False, False, False, memory.OFFICIAL_DIT_ACTIVATION_FACTOR)
+    assert official["none"] / 2**30 == pytest.approx(78.5, abs=1.0) and official["none"] > 0.9 * 78.7 * 2**30
+    assert official["model"] / 2**30 == pytest.approx(41.1, abs=1.0)
     fp8 = memory.needs(skeleton, work, vae_tiling=True, fp8=True, text_encoder_on_cpu=True)
     assert fp8["none"] < need["none"] - 30 * 2**30
 

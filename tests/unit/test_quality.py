@@ -59,3 +59,23 @@ def test_relative_error():
     ref = rng.standard_normal(1000)
     assert relative_error(ref, ref) == 0
     assert relative_error(ref * 1.01, ref) == pytest.approx(0.01)
+
+
+def test_ssim_by_chunks_and_separable_blur_equals_the_whole_clip_in_one_2d_window():
+    import torch
+    import torch.nn.functional as F
+
+    from agent.quality import ssim
+
+    a = rng.random((5, 24, 40, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    # Wang et al.'s definition written out once more, every plane at once in an 11x11 window.
+    x, y = (torch.as_tensor(v).permute(0, 3, 1, 2).reshape(-1, 1, 24, 40) for v in (a, b))
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    k = (torch.outer(g, g) / g.sum() ** 2)[None, None]
+    mx, my = F.conv2d(x, k), F.conv2d(y, k)
+    vx, vy, cxy = F.conv2d(x * x, k) - mx**2, F.conv2d(y * y, k) - my**2, F.conv2d(x * y, k) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    whole = float((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean())
+    assert ssim(a, b, chunk=4) == pytest.approx(whole, abs=1e-6)  # the float32 planes round at 6e-8
+    assert ssim(a, b, chunk=1) == pytest.approx(ssim(a, b, chunk=1000), rel=1e-12)

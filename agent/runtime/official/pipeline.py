@@ -6,6 +6,9 @@ rather than taken from that file's defaults (``lightning=True`` there forces a `
 drops the unconditional pass): the solver with its shift, the expert boundary (0.875 of 1000), each expert's
 guidance, CFG skipped only for an expert at guidance <= 1 (what its Lightning path does). The noise is drawn as
 diffusers draws it (a CPU generator seeded by the workload), so both runtimes start a clip from the same latents.
+``offload: model`` is its ``offload_model``: the expert in use alone on the GPU, the T5 brought in for the prompts,
+both experts sent back before the decode (how it runs on one 80 GB card, where its activations do not fit beside
+both experts).
 
 The weights are the trial's diffusers-layout ones (downloaded or synthetic), converted by renaming (convert.py);
 the Lightning LoRA is fused before that, so the official experts carry it. ``OfficialPipeline`` answers the calls
@@ -43,11 +46,12 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 class Expert(torch.nn.Module):
-    """A reference ``WanModel`` behind the call made of a diffusers transformer (latents batched, text padded)."""
+    """A reference ``WanModel`` behind the call made of a diffusers transformer (latents batched, text padded);
+    ``onload(model)`` runs before each call (offloading: the expert brought to the GPU, as the reference does)."""
 
-    def __init__(self, model: Any, dtype: torch.dtype):
+    def __init__(self, model: Any, dtype: torch.dtype, onload=None):
         super().__init__()
-        self.model, self.compute_dtype = model, dtype
+        self.model, self.compute_dtype, self.onload = model, dtype, onload
         self.config = SimpleNamespace(patch_size=tuple(model.patch_size), in_channels=model.in_dim)
 
     @property
@@ -57,6 +61,8 @@ class Expert(torch.nn.Module):
     def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
         _, p_h, p_w = self.config.patch_size
         frames, height, width = hidden_states.shape[2:]
+        if self.onload is not None:
+            self.onload(self.model)
         with _autocast(hidden_states.device, self.compute_dtype):
             out = self.model(
                 list(hidden_states),
@@ -86,14 +92,17 @@ class Vae:
 class OfficialPipeline:
     """The reference components, and its sampling loop as ``__call__`` with the keywords generate.py passes."""
 
-    def __init__(self, diffusers_pipe, device: torch.device, dtype: torch.dtype, shift: float, tokenizer_dir: str):
+    def __init__(self, diffusers_pipe, device: torch.device, dtype: torch.dtype, shift: float, tokenizer_dir: str,
+                 offload: str = "none", text_encoder_on_cpu: bool = False):  # fmt: skip
+        self.offload, self.text_encoder_on_cpu = offload, text_encoder_on_cpu
         self.text_encoder = convert.text_encoder(diffusers_pipe.text_encoder)
         self.tokenizer = modules.module("tokenizers").HuggingfaceTokenizer(
             name=tokenizer_dir, seq_len=TEXT_LEN, clean="whitespace"
         )
         experts = [convert.transformer(m) for m in diffusers_runtime.experts(diffusers_pipe)]
-        self.transformer = Expert(experts[0], dtype)
-        self.transformer_2 = Expert(experts[1], dtype) if len(experts) > 1 else None
+        onload = self.resident if offload == "model" else None
+        self.transformer = Expert(experts[0], dtype, onload)
+        self.transformer_2 = Expert(experts[1], dtype, onload) if len(experts) > 1 else None
         self.vae = Vae(convert.vae(diffusers_pipe.vae), diffusers_pipe.vae.config, dtype)
         self.scheduler = modules.module("utils.fm_solvers_unipc").FlowUniPCMultistepScheduler(
             num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=1, use_dynamic_shifting=False
@@ -103,6 +112,25 @@ class OfficialPipeline:
         self.vae_scale_factor_temporal = diffusers_pipe.vae_scale_factor_temporal
         self.vae_scale_factor_spatial = diffusers_pipe.vae_scale_factor_spatial
         self._execution_device = device
+
+    def place(self) -> None:
+        """Where the components start: all on the GPU; offloaded, the VAE alone (the others come when called)."""
+        self.vae.model.to(self._execution_device)
+        self.resident(None if self.offload == "model" else "all")
+        if self.text_encoder_on_cpu:
+            self.text_encoder.to("cpu")
+
+    def resident(self, wanted) -> None:
+        """Only ``wanted`` (a module, None or "all") of the text encoder and experts on the GPU, the rest in host
+        memory: what ``WanT2V._prepare_model_for_timestep`` does between experts, and ``generate`` around its T5."""
+        swappable = [m for m in (self.text_encoder, self.transformer.model, getattr(self.transformer_2, "model", None))
+                     if m is not None and not (m is self.text_encoder and self.text_encoder_on_cpu)]  # fmt: skip
+        for module in swappable:  # out first, so that the one coming in finds the room
+            if wanted != "all" and module is not wanted and next(module.parameters()).device.type != "cpu":
+                module.to("cpu")
+        for module in swappable:
+            if (wanted == "all" or module is wanted) and next(module.parameters()).device.type == "cpu":
+                module.to(self._execution_device)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, do_classifier_free_guidance: bool, device: torch.device,
                       max_sequence_length: int = TEXT_LEN):  # fmt: skip
@@ -114,7 +142,12 @@ class OfficialPipeline:
             ids, mask = ids.to(device), mask.to(device)
             return self.text_encoder(ids, mask)[:, : int(mask.gt(0).sum())]
 
-        return encode(prompt), encode(negative_prompt) if do_classifier_free_guidance else None
+        if self.offload == "model":
+            self.resident(self.text_encoder)
+        encoded = encode(prompt), encode(negative_prompt) if do_classifier_free_guidance else None
+        if self.offload == "model":
+            self.resident(None)
+        return encoded
 
     def __call__(self, *, prompt_embeds, negative_prompt_embeds, height, width, num_frames, num_inference_steps,
                  guidance_scale, generator, output_type, callback_on_step_end, guidance_scale_2=None):  # fmt: skip
@@ -136,6 +169,9 @@ class OfficialPipeline:
                     noise_pred = uncond + scale * (noise_pred - uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False, generator=generator)[0]
                 callback_on_step_end(self, index, t, {})
+        if self.offload == "model":  # as the reference, both experts leave before the decode
+            self.resident(None)
+            torch.cuda.empty_cache()
         return SimpleNamespace(frames=latents)
 
 
@@ -156,21 +192,16 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     pipe, offload, offload_reason, lora = diffusers_runtime.load(config, dtype, device)
-    if offload != "none":
-        raise UnsupportedOnHardware(
-            f"runtime official keeps its experts resident; this trial needs offload={offload} ({offload_reason})"
-        )
     if knobs.lightning:
         assert lora is not None
         diffusers_runtime.fuse_lightning(pipe, lora)  # fused in diffusers' layout, then converted with the rest
     patch = modules.patch_attention(device)
     attention_patch.use_kernel(support.SDPA_BACKENDS[knobs.attention])
     with tempfile.TemporaryDirectory(prefix="wan-agent-tokenizer-") as scratch:
-        official = OfficialPipeline(pipe, device, dtype, knobs.flow_shift, _tokenizer_dir(config, pipe, scratch))
+        official = OfficialPipeline(pipe, device, dtype, knobs.flow_shift, _tokenizer_dir(config, pipe, scratch),
+                                    offload, knobs.text_encoder_on_cpu)  # fmt: skip
     del pipe
-    for module in (official.text_encoder, official.transformer, official.transformer_2, official.vae.model):
-        if module is not None:
-            module.to(device)
+    official.place()
     diffusers_runtime.synchronize(device)
     stages["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -186,7 +217,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     diffusers_runtime.synchronize(device)
     stages["prepare_s"] = time.perf_counter() - t0
     setup = {
-        "offload": "none",
+        "offload": offload,
         "offload_reason": offload_reason,
         "runtime": {
             "code": f"{modules.code()[1]} (wan/modules, wan/utils/fm_solvers_unipc.py)",

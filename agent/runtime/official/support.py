@@ -1,9 +1,11 @@
 """Which trial settings the official runtime honours: checked at planning (no torch) and again by the worker.
 
-It runs the reference modules as published, plus what applies to any torch module: the Lightning LoRA (fused
-before conversion), FP8 of the experts' linear layers, compile of their blocks, an SDPA kernel for the attention
-stand-in, and cuDNN layout or Inductor for the VAE decoder. What the reference code has no counterpart for (a tiled
-decode, offloading, the text encoder on the CPU, FP4) is refused with the reason, never quietly dropped.
+It runs the reference modules as published, with the reference code's own memory savers (``offload: model`` is
+``WanT2V.generate``'s ``offload_model``: one expert on the GPU at a time; ``text_encoder_on_cpu`` is its ``t5_cpu``),
+plus what applies to any torch module: the Lightning LoRA (fused before conversion), FP8 of the experts' linear
+layers, compile of their blocks, an SDPA kernel for the attention stand-in, and cuDNN layout or Inductor for the VAE
+decoder. What the reference code has no counterpart for (a tiled decode, group or sequential offloading, FP4) is
+refused with the reason, never quietly dropped.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ def refusal(knobs: Knobs, on_gpu: bool) -> str | None:
         return f"runtime official computes {knobs.precision} through CUDA autocast only; on the CPU it needs precision fp32"
     unsupported = {
         "vae_tiling": "the reference VAE decodes untiled (frame by frame in time)",
-        "text_encoder_on_cpu": "the reference T5 runs where the experts run",
         "fp4": "no NVFP4 path for the reference modules yet",
     }
     for name, why in unsupported.items():
         if getattr(knobs, name) not in (False, "none"):
             return f"runtime official does not take {name}={getattr(knobs, name)}: {why}"
-    if knobs.offload not in ("none", "auto"):
-        return f"runtime official does not take offload={knobs.offload}: the reference experts stay resident"
+    if knobs.offload not in ("none", "auto", "model"):
+        return f"runtime official does not take offload={knobs.offload}: the reference code moves whole experts (model)"
     if knobs.attention not in SDPA_BACKENDS:
         return f"runtime official attends through SDPA; attention={knobs.attention} is not one of {', '.join(SDPA_BACKENDS)}"
     return None
