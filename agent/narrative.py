@@ -94,10 +94,14 @@ def _runtime_environment(name: str, env: dict) -> str:
     if "error" in env:
         return f"- **Runtime `{name}` has no environment:** {env['error']}; its rungs are skipped"
     how = "reused" if env["reused"] else "made"
-    return (
+    line = (
         f"- Runtime `{name}` runs in an environment of its own, {how} from `{env['lock']}` (sha256 {env['lock_sha256'][:12]}) "
         f"over the agent's packages: `{env['path']}`; its `pip freeze` is `{env['freeze']}`"
     )
+    if "code_from" in env:  # the official code: a checkout at the pinned commit, or the package
+        line += f". Its code: {env['code_from']}" + (f" at `{env['code']}`" if env.get("code") else "")
+        line += f" (no checkout: {env['code_error']})" if env.get("code_error") else ""
+    return line
 
 
 def _runtime(decision: dict) -> list[str]:

@@ -220,8 +220,11 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     trials.prepare(out_dir, config)
     logger.info("generating with %s (best of run %s)", config.knobs.describe(), run_id)
     timeouts = book["timeouts"]
-    python = trials.interpreter((read_json(run_dir / "run.json") or {}).get("runtimes"), config.knobs.runtime)
-    outcome = trials.execute(run_id, out_dir, timeouts["deadline_s"], timeouts["idle_timeout_s"], python=python)
+    environments = (read_json(run_dir / "run.json") or {}).get("runtimes")
+    runtime = config.knobs.runtime
+    python, runtime_vars = trials.interpreter(environments, runtime), trials.runtime_env(environments, runtime)
+    outcome = trials.execute(run_id, out_dir, timeouts["deadline_s"], timeouts["idle_timeout_s"], python=python,
+                             runtime_vars=runtime_vars)  # fmt: skip
     result = outcome["result"] or {}
     if result.get("status") != "ok":
         session = outcome["session"]

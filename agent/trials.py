@@ -20,6 +20,7 @@ import agent
 from agent import gpu_map, telemetry, tmux
 from agent.files import read_json, write_json_atomic
 from agent.runtime.config import TrialConfig
+from agent.runtime.official.support import CHECKOUT_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,20 @@ def interpreter(environments: dict | None, runtime: str) -> str:
     return python if python and Path(python).exists() else sys.executable
 
 
-def _start(session: str, trial_dir: Path, python: str) -> None:
+def runtime_env(environments: dict | None, runtime: str) -> dict[str, str]:
+    """What a trial of ``runtime`` needs set from its environment's record: the official code's checkout, if any."""
+    code = ((environments or {}).get(runtime) or {}).get("code")
+    return {CHECKOUT_ENV: code} if code and Path(code).is_dir() else {}
+
+
+def _start(session: str, trial_dir: Path, python: str, runtime_vars: dict[str, str]) -> None:
     forget(trial_dir)  # left by an attempt whose session was lost
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     argv = [python, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
     # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(trial_dir.parent.parent / "inductor-cache")
     env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER}
+    env |= runtime_vars
     tmux.start(session, argv, trial_dir, trial_dir / "stdout.log", trial_dir / "exit_code", extra_env=env)
 
 
@@ -100,9 +108,11 @@ def execute(
     telemetry_interval_s: float = 0.5,
     gpu: int | None = 0,
     python: str = sys.executable,
+    runtime_vars: dict[str, str] | None = None,
 ) -> dict:
     """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data. ``gpu`` is
-    the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler; ``python`` runs the worker."""
+    the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler; ``python`` runs the worker,
+    with ``runtime_vars`` (runtime_env) set."""
     session = tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
     reattached, reruns = False, []
@@ -120,7 +130,7 @@ def execute(
                 if reattached:
                     logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
                 else:
-                    _start(session, trial_dir, python)
+                    _start(session, trial_dir, python, runtime_vars or {})
                 sampler.start()
                 result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
             except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["WAN_AGENT_TMUX_SOCKET"] = f"wan-agent-test-{os.getpid()}"
+os.environ["WAN_AGENT_OFFICIAL_REPO"] = "none"  # never GitHub: tests that fetch the official code name a local remote
 
 ROOT = Path(__file__).resolve().parent.parent
 WAN_AGENT = [sys.executable, "-m", "agent.cli"]
@@ -95,3 +96,31 @@ def wan_agent(*args: str, runs_dir: Path, timeout: float = 600, **kwargs) -> sub
     return subprocess.run(
         [*WAN_AGENT, "--runs-dir", str(runs_dir), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs
     )
+
+
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def official_remote(tmp_path_factory) -> tuple[str, str]:
+    """A git remote laid out as github.com/Wan-Video/Wan2.2 (wan/modules, wan/utils of the installed wan22), and the
+    commit to pin: one below the branch's tip, so that a checkout of the tip would show."""
+    import shutil
+
+    from agent.runtime.official import modules
+
+    repo = tmp_path_factory.mktemp("Wan2.2")
+    installed, _ = modules.code()
+    for sub in ("modules", "utils"):
+        shutil.copytree(installed / sub, repo / "wan" / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    _git(repo, "init", "-q")
+    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")  # as GitHub serves any commit it has
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "pinned")
+    pinned = _git(repo, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("later\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "later")
+    return f"file://{repo}", pinned

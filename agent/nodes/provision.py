@@ -18,7 +18,7 @@ from langgraph.runtime import Runtime
 from agent import hardware
 from agent.files import read_json, write_json_atomic, write_text_atomic
 from agent.nodes import journal, run_dir
-from agent.provision import fit, runtimes
+from agent.provision import fit, official_code, runtimes
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def _runtime_environments(state: AgentState, root: Path, here: Path) -> dict:
     """The official runtime's environment, when a rung may run it here; its pip freeze copied beside the run."""
     if not runtimes.wanted(state["playbook"], state["hardware"]):
         return {}
-    env = runtimes.official(root)
+    env = runtimes.official(root) | official_code.resolve(root.parent / "official-code")
+    if env.get("code_error"):
+        logger.warning("runtime official: no checkout of the official code (%s); using %s", env["code_error"], env["code_from"])
     if "error" in env:
         logger.warning("runtime official: %s", env["error"])
         return {"official": env}

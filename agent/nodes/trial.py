@@ -34,6 +34,7 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 runtime.context.telemetry_interval_s,
                 index,
                 python=trials.interpreter(state.get("runtimes"), candidate["knobs"]["runtime"]),
+                runtime_vars=trials.runtime_env(state.get("runtimes"), candidate["knobs"]["runtime"]),
             )
         except OSError as err:
             problem = storage_problem(err)

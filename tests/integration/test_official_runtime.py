@@ -3,6 +3,7 @@ and a trial with ``runtime: official`` runs through the real worker, generating 
 and sampling loop, measured, checked and recorded like a diffusers trial."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -11,9 +12,11 @@ import torch
 import yaml
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
+from agent.provision import official_code
 from agent.quality import relative_error
 from agent.runtime.config import Knobs
 from agent.runtime.official import convert, modules, support
+from agent.runtime.official.support import OFFICIAL_REPO
 from agent.sources import synthetic
 from tests.conftest import small_playbook, wan_agent, write_playbook
 from tests.integration.test_worker import config, model, work  # noqa: F401  (model: a fixture)
@@ -101,7 +104,7 @@ def test_settings_the_reference_code_has_no_counterpart_for_are_refused_before_a
     assert json.loads((tmp_path / "bf16" / "trial.json").read_text())["knobs"]["runtime"] == "official"
 
 
-def test_the_agent_treats_the_runtime_as_one_more_rung(tmp_path):
+def test_the_agent_treats_the_runtime_as_one_more_rung(tmp_path, official_remote):
     book = small_playbook(
         ladder=[
             {"name": "official-runtime", "hypothesis": "The reference code.", "set": {"runtime": "official"}},
@@ -110,19 +113,24 @@ def test_the_agent_treats_the_runtime_as_one_more_rung(tmp_path):
     )
     book["baseline"]["precision"] = "fp32"  # the official runtime's precision on a CPU
     runs = tmp_path / "runs"
-    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "official.yaml", book)), runs_dir=runs)
+    url, pinned = official_remote  # provision fetches the official code at this commit; the trial runs it
+    env = os.environ | {official_code.REPO_ENV: url, official_code.COMMIT_ENV: pinned}
+    done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "official.yaml", book)), runs_dir=runs, env=env)
     assert done.returncode == 0, done.stderr
     run_dir = runs / done.stdout.strip()
     events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
     decisions = {e["name"]: e for e in events if e["kind"] == "decision"}
     official = decisions["01-official-runtime"]
-    assert official["verdict"] in ("kept", "reverted") and official["setup"]["runtime"]["code"].startswith("wan22")
+    assert official["verdict"] in ("kept", "reverted")
+    code = official["setup"]["runtime"]["code"]
+    assert code.startswith(f"{OFFICIAL_REPO} at {pinned[:12]} (") and f"/official-code/wan2.2-{pinned[:12]};" in code
     if official["verdict"] == "reverted":  # a CPU runs it slower (fp32 modulation per token): the reason says which test failed
         assert re.search(r"slower|not faster|gain|gate|relative error", official["reason"]), official["reason"]
     skipped = {e["rung"]: e["reason"] for e in events if e["kind"] == "rung_skipped"}
     assert "does not take vae_tiling=True" in skipped["official-tiled"]
     journal = (run_dir / "journal.md").read_text()
-    assert "**Runtime.** The official code, wan22 2.2.11" in journal and "flash_attn is not installed" in journal
+    assert f"**Runtime.** The official code, {OFFICIAL_REPO} at {pinned[:12]}" in journal
+    assert "flash_attn is not installed" in journal and f"Its code: {url} at {pinned[:12]} (fetched) at `" in journal
     # Its trial ran in the environment provision made from locks/official.txt; the baseline in the agent's own.
     env = json.loads((run_dir / "run.json").read_text())["runtimes"]["official"]
     assert (

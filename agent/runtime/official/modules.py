@@ -26,10 +26,8 @@ from pathlib import Path
 import torch
 
 from agent.runtime.official import attention_patch
+from agent.runtime.official.support import CHECKOUT_ENV, OFFICIAL_COMMIT, OFFICIAL_REPO
 
-OFFICIAL_REPO = "https://github.com/Wan-Video/Wan2.2"
-OFFICIAL_COMMIT = "42bf4cfaa384bc21833865abc2f9e6c0e67233dc"  # 2026-03-17
-CHECKOUT_ENV = "WAN_AGENT_OFFICIAL_CODE"
 PACKAGE = "wan22_official"  # the official code's `wan` folder, under a name of its own, its __init__ never run
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from agent.runtime.config import Knobs
 
+OFFICIAL_REPO = "https://github.com/Wan-Video/Wan2.2"
+OFFICIAL_COMMIT = "42bf4cfaa384bc21833865abc2f9e6c0e67233dc"  # 2026-03-17; its wan/modules, wan/utils = wan22 2.2.11's
+CHECKOUT_ENV = "WAN_AGENT_OFFICIAL_CODE"  # a checkout of it, for the trials (else the wan22 package)
+
 # The SDPA kernels the attention stand-in can be held to (diffusers' names for them); "native" lets PyTorch choose.
 SDPA_BACKENDS = {"native": None, "_native_cudnn": "CUDNN_ATTENTION", "_native_flash": "FLASH_ATTENTION",
                  "_native_efficient": "EFFICIENT_ATTENTION", "_native_math": "MATH"}  # fmt: skip
