@@ -1,14 +1,16 @@
-"""The ``wan-agent`` command: run, resume, stop, generate, journal, fetch.
+"""The ``wan-agent`` command: run, resume, stop, generate, journal, fetch, runs, compare.
 
 stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
 stderr. Exit status: 0 done, 1 the run, generation or download failed, 2 bad input (the message says which
 field and what is allowed), 3 converged but with verdicts the host's noise left open (inconclusive, or a
-probe prediction the full clip did not confirm), 130 interrupted.
+probe prediction the full clip did not confirm), 130 interrupted. ``compare``: 0 no regression, 1 a regression
+beyond noise (named), 2 bad input or runs that cannot be compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent import hardware, playbook, reuse, runs, sources, variants
+from agent import compare, hardware, playbook, reuse, runs, sources, variants
 from agent.files import storage_problem
 from agent.sources import DownloadFailed, SourceError
 from agent.state import RunStopped
@@ -145,6 +147,37 @@ def cmd_journal(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    rows = compare.listing(_runs_dir(args))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = [["run", "started", "hardware", "model", "playbook", "status", "best", "speed-up"]]
+    for r in rows:
+        best = f"{r['best_s']:.3f} s" if r["best_s"] is not None else "-"
+        speedup = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
+        table.append([r["id"], r["started"] or "-", r["hardware"], r["source"], r["playbook"] or "-", r["status"], best, speedup])
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_compare(args) -> int:
+    runs_dir = _runs_dir(args)
+    for ref in (args.a, args.b):
+        if ref != "best":
+            runs.path_of(runs_dir, ref)  # refuses what is not a run id
+    if args.b == "best":
+        args.b = compare.newest_best(runs_dir, hardware.probe()["fingerprint"])
+    b = compare.load(runs_dir, args.b)
+    if args.a == "best":  # the previous best of B's hardware
+        args.a = compare.newest_best(runs_dir, b.record.get("hardware", {}).get("fingerprint", "?"), before=b.id)
+    report = compare.compare(compare.load(runs_dir, args.a), b)
+    sys.stdout.write(json.dumps(report, indent=1) + "\n" if args.json else compare.markdown(report))
+    return 1 if report["regressions"] else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wan-agent", description="Deploy and benchmark Wan2.2; converge on the fastest good configuration."
@@ -183,6 +216,14 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("source", help=f"a variant ({', '.join(variants.load())}), hf:REPO[@REV] or modelscope:REPO[@REV]")
     fetch.add_argument("--cache", help="where models are kept (default: $WAN_AGENT_CACHE, else RUNS_DIR/.cache)")
     fetch.set_defaults(func=cmd_fetch)
+    listed = sub.add_parser("runs", help="list the runs, newest first")
+    listed.add_argument("--json", action="store_true", help="one JSON array instead of the table")
+    listed.set_defaults(func=cmd_runs)
+    cmp = sub.add_parser("compare", help="two runs side by side; exit 1 on a regression beyond noise, 2 if not comparable")
+    cmp.add_argument("a", help="the reference run id, or 'best': the previous converged run of B's hardware")
+    cmp.add_argument("b", help="the run judged, or 'best': the newest converged run of this machine's hardware")
+    cmp.add_argument("--json", action="store_true", help="the report as JSON instead of Markdown")
+    cmp.set_defaults(func=cmd_compare)
     return p
 
 
@@ -206,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     except DownloadFailed as err:
         print(f"wan-agent: {err}", file=sys.stderr)
         return 1
-    except (playbook.PlaybookError, runs.RunError, SourceError, variants.VariantError) as err:
+    except (playbook.PlaybookError, runs.RunError, SourceError, variants.VariantError, compare.CannotCompare) as err:
         print(f"wan-agent: {err}", file=sys.stderr)
         return 2
     except ValidationError as err:

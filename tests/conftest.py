@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ os.environ["WAN_AGENT_OFFICIAL_REPO"] = "none"  # never GitHub: tests that fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 WAN_AGENT = [sys.executable, "-m", "agent.cli"]
+TOKEN = "hf_canary" + secrets.token_hex(12)  # in the agent's environment; must reach no trial, log or journal
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,3 +126,17 @@ def official_remote(tmp_path_factory) -> tuple[str, str]:
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "later")
     return f"file://{repo}", pinned
+
+
+@pytest.fixture(scope="session")
+def converged(tmp_path_factory, fake_hub):
+    """One whole run on the tiny model as a user with a network gets it: fetched from the (fake) Hub with the real
+    client, by the variant's name, with tokens in the environment; later commands run offline. Shared by every module
+    that reads a converged run: copy it before changing it."""
+    base = tmp_path_factory.mktemp("agent")
+    book = write_playbook(base / "tiny-test.yaml", small_playbook(model={"source": "t2v-a14b", "seed": 0}))
+    secrets_env = hub_env(fake_hub, HF_TOKEN=TOKEN, MODELSCOPE_API_TOKEN=TOKEN)
+    done = wan_agent("run", "--playbook", str(book), runs_dir=base / "runs", env=secrets_env)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    return base, base / "runs", run_id

@@ -2,7 +2,6 @@
 
 import json
 import os
-import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -15,23 +14,9 @@ import yaml
 
 from agent import tmux
 from agent.quality import relative_error
-from tests.conftest import ROOT, hub_env, small_playbook, wan_agent, write_playbook
+from tests.conftest import ROOT, TOKEN, small_playbook, wan_agent, write_playbook
 
-TOKEN = "hf_canary" + secrets.token_hex(12)  # in the agent's environment; must reach no trial, log or journal
 EVIL = 'It\'s a "cat"; $(touch {canary}) `touch {canary}` | rm -rf ~ & echo $HOME\nsecond line\ttab'
-
-
-@pytest.fixture(scope="module")
-def converged(tmp_path_factory, fake_hub):
-    """One whole run on the tiny model as a user with a network gets it: fetched from the (fake) Hub with the
-    real client, by the variant's name, with tokens in the environment. Later commands run offline."""
-    base = tmp_path_factory.mktemp("agent")
-    book = write_playbook(base / "tiny-test.yaml", small_playbook(model={"source": "t2v-a14b", "seed": 0}))
-    secrets_env = hub_env(fake_hub, HF_TOKEN=TOKEN, MODELSCOPE_API_TOKEN=TOKEN)
-    done = wan_agent("run", "--playbook", str(book), runs_dir=base / "runs", env=secrets_env)
-    assert done.returncode == 0, done.stderr
-    run_id = done.stdout.strip()
-    return base, base / "runs", run_id
 
 
 def events(run_dir: Path) -> list[dict]:
