@@ -81,6 +81,22 @@ def test_a_full_clip_lands_within_the_probes_stated_error(model, tmp_path, knobs
     assert error < 0.5  # a statement, not a shrug
 
 
+def test_the_probe_counts_the_expert_swaps_of_model_offload(model, tmp_path, one_thread):
+    # On a GPU a clip under model offload moves each expert in and out once (46 s on an H100 for the A14B's official
+    # runtime); the probe times one step of each expert again right after the other's. On a CPU nothing moves.
+    cfg = config(model, tmp_path, precision="bf16", steps=6)
+    pipe, _, _ = pipeline.build(cfg, CPU)
+    positive, negative, _ = encode(pipe, cfg, CPU)
+    report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, offload="model")
+    assert set(report["swap_s"]) == {"transformer", "transformer_2"} and min(report["swap_s"].values()) >= 0
+    swaps = sum(report["swap_s"].values())
+    for i, clip in enumerate(report["clip_samples_s"]):
+        steps = sum(report["steps"][n] * report["step_samples_s"][n][i] for n in report["step_samples_s"])
+        text, decode = report["text_encode_samples_s"][i], report["vae_decode_samples_s"][i]
+        assert clip == pytest.approx(text + steps + decode + swaps)
+    assert "swap_s" not in probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)
+
+
 def test_a_clips_timings_account_for_its_wall_time(model, tmp_path, one_thread):
     cfg = config(model, tmp_path, precision="bf16")
     pipe, _, _ = pipeline.build(cfg, CPU)
