@@ -46,3 +46,16 @@ def test_render_of_a_fresh_run_has_the_summary_table(tmp_path):
     assert "# wan-agent run r1" in text
     assert "a cat; $(rm -rf /)" in text
     assert "| configuration | steps | frames | time | speed-up vs baseline | peak memory | energy | kept? |" in text
+
+
+def test_the_set_up_says_whether_the_environment_fits_the_gpus(tmp_path):
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "memory_GiB": 79.6, "compute_capability": "9.0"}
+    for problems, expected in (([], "- Fits the hardware: torch's CUDA build runs on this driver"),
+                               (["torch has no kernels for X"], "- **Does not fit:** torch has no kernels for X")):  # fmt: skip
+        (tmp_path / str(len(problems))).mkdir()
+        journal = Journal(tmp_path / str(len(problems)))
+        journal.record("run_started", key="start", run_id="r1", playbook="a14b", workload={"prompt": "p"})
+        journal.record("probe", key="probe", hardware={"gpus": [gpu]}, summary="GPU: H100")
+        journal.record("provision", key="provision", versions={"torch": "2.11.0"}, fit_problems=problems, runtimes={})
+        text = journal.render()
+        assert expected in text and ("Fits the hardware" in text) == (not problems)
