@@ -36,6 +36,15 @@ while [ $# -gt 0 ]; do
 done
 if [ $install_only = 0 ] && [ -z "$prompt" ]; then usage >&2; exit 2; fi
 command -v tmux >/dev/null || { echo "start_wan.sh: tmux is required (apt-get install tmux)" >&2; exit 2; }
+# The report's tests open it in a real browser: Chromium from the system's packages (Playwright drives it).
+if [ $dev = 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "start_wan.sh: installing Chromium for the report's browser tests (apt-get install chromium)" >&2
+    { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null || { echo "start_wan.sh: apt-get could not install chromium" >&2; exit 1; }
+  else
+    echo "start_wan.sh: the tests need Chromium: apt-get install chromium (as root), then run this again" >&2; exit 2
+  fi
+fi
 
 # Install once per change of pyproject.toml/constraints.txt; the stamp records what was installed.
 if [ ! -x .venv/bin/python ]; then
@@ -95,8 +104,11 @@ elif [ $status != 0 ]; then
   echo "start_wan.sh: the run did not converge (exit $status); read its journal under $runs_dir/" >&2; exit $status
 fi
 video="$("${agent[@]}" generate --run "$run_id" --prompt "$prompt")"
+# A run reused from before reports existed has none yet.
+[ -f "$runs_dir/$run_id/report.html" ] || "${agent[@]}" report "$run_id" >/dev/null
 cat <<DONE
 video:   $video
 journal: $runs_dir/$run_id/journal.md
+report:  $runs_dir/$run_id/report.html
 best:    $runs_dir/$run_id/best.yaml
 DONE

@@ -1,4 +1,4 @@
-"""The ``wan-agent`` command: run, resume, stop, generate, journal, fetch, runs, compare.
+"""The ``wan-agent`` command: run, resume, stop, generate, journal, report, fetch, runs, compare.
 
 stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
 stderr. Exit status: 0 done, 1 the run, generation or download failed, 2 bad input (the message says which
@@ -147,6 +147,16 @@ def cmd_journal(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from agent.report import html  # matplotlib: only for this command
+
+    run_dir = runs.path_of(_runs_dir(args), args.run_id)
+    if not (run_dir / "run.json").is_file():
+        raise runs.RunError(f"no run {args.run_id!r} in {run_dir.parent} (`wan-agent runs` lists them)")
+    print(html.write(run_dir))
+    return 0
+
+
 def cmd_runs(args) -> int:
     rows = compare.listing(_runs_dir(args))
     if args.json:
@@ -216,6 +226,9 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("source", help=f"a variant ({', '.join(variants.load())}), hf:REPO[@REV] or modelscope:REPO[@REV]")
     fetch.add_argument("--cache", help="where models are kept (default: $WAN_AGENT_CACHE, else RUNS_DIR/.cache)")
     fetch.set_defaults(func=cmd_fetch)
+    rep = sub.add_parser("report", help="write the run's report.html (one self-contained page); prints its path")
+    rep.add_argument("run_id")
+    rep.set_defaults(func=cmd_report)
     listed = sub.add_parser("runs", help="list the runs, newest first")
     listed.add_argument("--json", action="store_true", help="one JSON array instead of the table")
     listed.set_defaults(func=cmd_runs)

@@ -46,7 +46,7 @@ class Run:
         return found
 
     def status(self) -> str:
-        end = next((e for e in reversed(self.events) if e["kind"] == "converged"), None)
+        end = next((e for e in reversed(self.events) if e["kind"] in ("converged", "run_failed")), None)
         if end is not None:
             return str(end.get("status", "converged"))
         return "stopped before converging" if self.events else "not started"

@@ -1,4 +1,4 @@
-"""report: the run has converged (or failed); write best.yaml and the final journal."""
+"""report: the run has converged (or failed); write best.yaml, the final journal and report.html."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from agent import reuse
 from agent.decision import UNRESOLVED
 from agent.files import write_text_atomic
 from agent.nodes import journal, run_dir
+from agent.report import html
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -62,4 +63,8 @@ def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     log = journal(state, runtime)
     log.record("converged" if status == "converged" else "run_failed", key="end", **fields)
     log.render()
+    try:  # a view of the run: the run's outcome stands without it
+        logger.info("report: %s", html.write(run_dir(state, runtime)))
+    except Exception as err:  # noqa: BLE001
+        logger.warning("report.html could not be written (%s); `wan-agent report %s` tries again", err, state["run_id"])
     return {"status": status, "unresolved": fields.get("unresolved", [])}
