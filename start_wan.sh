@@ -40,7 +40,8 @@ command -v tmux >/dev/null || { echo "start_wan.sh: tmux is required (apt-get in
 if [ $dev = 1 ] && ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "start_wan.sh: installing Chromium for the report's browser tests (apt-get install chromium)" >&2
-    { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null || { echo "start_wan.sh: apt-get could not install chromium" >&2; exit 1; }
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+      || { echo "start_wan.sh: apt-get could not install chromium" >&2; exit 1; }
   else
     echo "start_wan.sh: the tests need Chromium: apt-get install chromium (as root), then run this again" >&2; exit 2
   fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -87,6 +88,13 @@ def small_playbook(**overrides) -> dict:
     for key, value in overrides.items():
         book[key] = book[key] | value if isinstance(value, dict) and isinstance(book.get(key), dict) else value
     return book
+
+
+def rewrite_events(run_dir: Path, change) -> None:
+    """A run's journal.jsonl with each event passed through ``change`` (None drops it): runs made slower, cut short."""
+    path = run_dir / "journal.jsonl"
+    events = [change(json.loads(line)) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(e) + "\n" for e in events if e is not None))
 
 
 def write_playbook(path: Path, book: dict) -> Path:

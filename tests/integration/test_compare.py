@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import wan_agent
+from tests.conftest import rewrite_events, wan_agent
 
 
 @pytest.fixture
@@ -18,12 +18,6 @@ def twin(converged, tmp_path):
     later = "99991231-000000-tiny-test-copy"
     shutil.copytree(mine / run_id, mine / later)
     return mine, run_id, later
-
-
-def rewrite_events(run_dir, change) -> None:
-    path = run_dir / "journal.jsonl"
-    events = [change(json.loads(line)) for line in path.read_text().splitlines()]
-    path.write_text("".join(json.dumps(e) + "\n" for e in events if e is not None))
 
 
 def test_a_run_against_its_copy_has_no_regression(twin):

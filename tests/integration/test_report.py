@@ -2,13 +2,12 @@
 a run with a failed and a skipped trial, and a run still in progress. Each page must load from disk with no console
 error and no request beyond itself, and every chart and frame sheet must render; screenshots go to test-artifacts/."""
 
-import json
 import shutil
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import ROOT, wan_agent
+from tests.conftest import ROOT, rewrite_events, wan_agent
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
@@ -54,12 +53,6 @@ def copy_run(converged, tmp_path):
     skip = shutil.ignore_patterns("*.mp4", "*.npz", "inductor-cache", "report.html")
     shutil.copytree(runs / run_id, mine / run_id, ignore=skip)
     return mine, run_id
-
-
-def rewrite_events(run_dir, change) -> None:
-    path = run_dir / "journal.jsonl"
-    events = [change(json.loads(line)) for line in path.read_text().splitlines()]
-    path.write_text("".join(json.dumps(e) + "\n" for e in events if e is not None))
 
 
 def test_the_converged_run_wrote_its_report_and_it_renders(converged, browser):
