@@ -9,17 +9,15 @@ workload differs (size, frames, seed: a different clip) cannot be compared.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
 from agent import stats
 from agent.decision import samples
 from agent.files import read_json
-from agent.reuse import SPEED_PACKAGES
+from agent.journal import read_events
+from agent.reuse import SPEED_PACKAGES, read_best
 
 JUDGED = ("baseline", "kept", "reverted", "inconclusive", "confirmed", "unconfirmed", "rejected")
 SAME_CLIP = ("height", "width", "frames", "seed", "fps")  # the prompt aside: a trial's cost does not depend on it
@@ -56,11 +54,8 @@ def load(runs_dir: Path, run_id: str) -> Run:
     run_dir = runs_dir / run_id
     if not (run_dir / "run.json").is_file():
         raise CannotCompare(f"no run {run_id!r} in {runs_dir} (`wan-agent runs` lists them)")
-    events = []
-    if (run_dir / "journal.jsonl").is_file():
-        events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines() if line.strip()]
-    best = yaml.safe_load((run_dir / "best.yaml").read_text()) if (run_dir / "best.yaml").is_file() else None
-    return Run(run_id, run_dir, read_json(run_dir / "run.json") or {}, events, best)
+    best = read_best(run_dir / "best.yaml") if (run_dir / "best.yaml").is_file() else None
+    return Run(run_id, run_dir, read_json(run_dir / "run.json") or {}, read_events(run_dir / "journal.jsonl"), best)
 
 
 def newest_best(runs_dir: Path, fingerprint: str, before: str | None = None) -> str:
@@ -69,7 +64,7 @@ def newest_best(runs_dir: Path, fingerprint: str, before: str | None = None) -> 
         run_id = best_file.parent.name
         if before is not None and run_id >= before:
             continue
-        if (yaml.safe_load(best_file.read_text()) or {}).get("hardware_fingerprint") == fingerprint:
+        if (read_best(best_file) or {}).get("hardware_fingerprint") == fingerprint:
             return run_id
     raise CannotCompare(f"no converged run of this hardware ({fingerprint}) in {runs_dir}")
 

@@ -27,6 +27,15 @@ def redact(text: str) -> str:
     return text
 
 
+def read_events(path: Path) -> list[dict]:
+    """The events of a ``journal.jsonl``, read only: a last line not yet ended (being written, or torn by a crash) is
+    left out, so that a run in progress can be read (compare, report) while its agent appends."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
 class Journal:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -43,10 +52,7 @@ class Journal:
                 os.fsync(f.fileno())
 
     def events(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_events(self.path)
 
     def has(self, key: str) -> bool:
         return any(e.get("key") == key for e in self.events())

@@ -44,7 +44,7 @@ def differences(old: dict, new: dict) -> list[str]:
     return said
 
 
-def _read_best(best_file: Path) -> dict | None:
+def read_best(best_file: Path) -> dict | None:
     try:
         best = yaml.safe_load(best_file.read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -59,7 +59,7 @@ def _read_best(best_file: Path) -> dict | None:
 def find_converged(runs_dir: Path, wanted: dict) -> str | None:
     """The newest converged run measured under ``wanted`` (see ``key``); each newer run passed over says why."""
     for best_file in sorted(runs_dir.glob("*/best.yaml"), reverse=True):
-        best = _read_best(best_file)
+        best = read_best(best_file)
         if best is None:
             continue
         run_id = best_file.parent.name

@@ -59,3 +59,13 @@ def test_the_set_up_says_whether_the_environment_fits_the_gpus(tmp_path):
         journal.record("provision", key="provision", versions={"torch": "2.11.0"}, fit_problems=problems, runtimes={})
         text = journal.render()
         assert expected in text and ("Fits the hardware" in text) == (not problems)
+
+
+def test_a_reader_leaves_out_a_line_still_being_written_and_writes_nothing(tmp_path):
+    from agent.journal import read_events
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"kind": "probe"}\n{"kind": "decision", "na')  # the agent is mid-append
+    assert read_events(path) == [{"kind": "probe"}]
+    assert path.read_text().endswith('"na')  # a reader never cuts what the writer is writing
+    assert read_events(tmp_path / "absent.jsonl") == []
