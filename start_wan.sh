@@ -47,6 +47,17 @@ if [ $dev = 1 ] && ! command -v chromium >/dev/null; then
   fi
 fi
 
+# `wan-agent schedule`'s tests write a real crontab line and run it: cron from the system's packages.
+if [ $dev = 1 ] && ! command -v crontab >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "start_wan.sh: installing cron for the schedule's tests (apt-get install cron)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron; } >/dev/null \
+      || { echo "start_wan.sh: apt-get could not install cron" >&2; exit 1; }
+  else
+    echo "start_wan.sh: no crontab: the schedule's cron tests will be skipped (apt-get install cron, as root, runs them)" >&2
+  fi
+fi
+
 # Install once per change of pyproject.toml/constraints.txt; the stamp records what was installed.
 if [ ! -x .venv/bin/python ]; then
   echo "start_wan.sh: creating .venv with $(${PYTHON:-python3} --version)" >&2

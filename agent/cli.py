@@ -1,10 +1,11 @@
-"""The ``wan-agent`` command: run, resume, stop, generate, journal, report, fetch, runs, compare.
+"""The ``wan-agent`` command: run, rebench, resume, stop, generate, journal, report, fetch, runs, compare, schedule.
 
 stdout carries only what a script wants (a run id, a video path, the journal); progress goes to
 stderr. Exit status: 0 done, 1 the run, generation or download failed, 2 bad input (the message says which
 field and what is allowed), 3 converged but with verdicts the host's noise left open (inconclusive, or a
 probe prediction the full clip did not confirm), 130 interrupted. ``compare``: 0 no regression, 1 a regression
-beyond noise (named), 2 bad input or runs that cannot be compared.
+beyond noise (named), 2 bad input or runs that cannot be compared. ``rebench``: 0 no regression (or no earlier run of
+this hardware), 1 a regression beyond noise or a failed run.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent import compare, hardware, playbook, reuse, runs, sources, variants
+from agent import compare, hardware, history, playbook, rebench, runs, schedule, sources, variants
 from agent.files import storage_problem
+from agent.reuse import find_converged, key
 from agent.sources import DownloadFailed, SourceError
 from agent.state import RunStopped
 
 logger = logging.getLogger("wan-agent")
 UNRESOLVED_EXIT = 3  # converged, but some verdicts were left open by the host's noise
+BAD_INPUT = (playbook.PlaybookError, runs.RunError, SourceError, variants.VariantError, compare.CannotCompare,
+             rebench.RebenchError, schedule.ScheduleError)  # fmt: skip
 
 
 def pick_playbook(info: dict) -> tuple[str, str]:
@@ -57,21 +61,51 @@ def _runs_dir(args) -> Path:
     return Path(args.runs_dir).resolve()
 
 
-def cmd_run(args) -> int:
-    info = hardware.probe()
+def _start(args, reuse: bool = False) -> tuple[str, Path, bool]:
+    """Start a run of ``args.playbook`` (``--prompt``, ``--source``) on this machine: its id, the runs dir, and False.
+    With ``reuse``, a converged run measured under the same hardware, versions and playbook instead, and True."""
+    info, versions = hardware.probe(), hardware.versions()
     name, because = pick_playbook(info) if args.playbook == "auto" else (args.playbook, "named with --playbook")
     book = _source(runs.with_prompt(playbook.load(name), args.prompt), args.source or os.environ.get("WAN_AGENT_SOURCE"))
     logger.info("playbook %s (%s); model %s", book.name, because, book.model.source)
     runs_dir = _runs_dir(args)
-    if args.reuse:
-        found = reuse.find_converged(runs_dir, reuse.key(book.model_dump(), info, hardware.versions()))
-        if found:
-            print(found)
-            return 0
-    run_id = runs.start(book, runs_dir, chosen_because=because)
+    if reuse and (found := find_converged(runs_dir, key(book.model_dump(), info, versions))):
+        return found, runs_dir, True
+    seed = history.start_from(runs_dir, book, {"hardware": info, "versions": versions})
+    run_id = runs.start(book, runs_dir, chosen_because=because, start_from=seed)
     logger.info("run %s started in %s (resume with: wan-agent resume %s)", run_id, runs_dir / run_id, run_id)
+    return run_id, runs_dir, False
+
+
+def cmd_run(args) -> int:
+    run_id, runs_dir, reused = _start(args, reuse=args.reuse)
     print(run_id, flush=True)
+    if reused:
+        return 0
     return _finish(_drive(run_id, runs_dir), runs_dir / run_id)
+
+
+def cmd_rebench(args) -> int:
+    """A run judged against the previous best of this hardware; the verdict to rebench-latest.json and a webhook."""
+    config = rebench.load_config(Path(args.config)) if args.config else rebench.Config(
+        playbook=args.playbook, source=args.source, webhook_url=rebench.webhook_from(args.webhook_url_file))  # fmt: skip
+    args.runs_dir, args.playbook, args.source, args.prompt = (
+        config.runs_dir or args.runs_dir,
+        config.playbook,
+        config.source,
+        None,
+    )
+    run_id, runs_dir, _ = _start(args)
+    print(run_id, flush=True)
+    try:
+        state = _drive(run_id, runs_dir)
+    except RunStopped as err:
+        rebench.publish(runs_dir, rebench.verdict(runs_dir, run_id, {"status": "stopped", "error": str(err)}), config.webhook_url)
+        raise
+    result = rebench.publish(runs_dir, rebench.verdict(runs_dir, run_id, state), config.webhook_url)
+    against = f" against run {result['previous']}" if result["previous"] else ""
+    logger.info("rebench %s%s: %s (%s)", run_id, against, result["verdict"], runs_dir / rebench.LATEST_FILE)
+    return 1 if result["verdict"] in rebench.FAILING else 0
 
 
 def cmd_resume(args) -> int:
@@ -206,6 +240,13 @@ def parser() -> argparse.ArgumentParser:
         "hf:REPO[@REV], modelscope:REPO[@REV], local:PATH (default: $WAN_AGENT_SOURCE, else the playbook's)",
     )
     run.set_defaults(func=cmd_run)
+    bench = sub.add_parser("rebench", help="a run judged against this hardware's previous best (what a schedule runs); "
+                           "exit 1 on a regression beyond noise or a failed run")  # fmt: skip
+    bench.add_argument("--config", help="the schedule's file (agent/schedule.py writes it); else the flags below")
+    bench.add_argument("--playbook", default="auto", help="name in playbooks/, a path, or 'auto'")
+    bench.add_argument("--source", help="as for run: 'synthetic', a variant, hf:..., modelscope:..., local:...")
+    bench.add_argument("--webhook-url-file", help=f"a file holding a URL the verdict is POSTed to (else ${rebench.WEBHOOK_ENV})")
+    bench.set_defaults(func=cmd_rebench)
     resume = sub.add_parser("resume", help="continue a run that stopped")
     resume.add_argument("run_id")
     resume.set_defaults(func=cmd_resume)
@@ -234,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", help="the run judged, or 'best': the newest converged run of this machine's hardware")
     cmp.add_argument("--json", action="store_true", help="the report as JSON instead of Markdown")
     cmp.set_defaults(func=cmd_compare)
+    schedule.add_parser(sub)
     return p
 
 
@@ -257,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     except DownloadFailed as err:
         print(f"wan-agent: {err}", file=sys.stderr)
         return 1
-    except (playbook.PlaybookError, runs.RunError, SourceError, variants.VariantError, compare.CannotCompare) as err:
+    except BAD_INPUT as err:
         print(f"wan-agent: {err}", file=sys.stderr)
         return 2
     except ValidationError as err:

@@ -220,6 +220,34 @@ def _download(d: dict) -> str:
     )
 
 
+def _start_from(start: dict) -> list[str]:
+    if not start:
+        return []
+    return [f"New hardware for this playbook: the search starts from the best configuration of run `{start['run_id']}` "
+            f"({_fmt_s(start['generate_s'])} per clip there; this machine differs in {'; '.join(start['differs'])}), tried "
+            f"first as rung `known-best` (`{json.dumps(start['set'])}`), then the rest of the ladder.", ""]  # fmt: skip
+
+
+def _compared(found: dict) -> list[str]:
+    """The run against the previous best of its hardware (agent/history.py), as `wan-agent compare` says it."""
+    lines = [
+        "## Against the previous best of this hardware",
+        "",
+        f"Run `{found['a']}` converged on this hardware and clip before.",
+    ]
+    row = found.get("converged")
+    if row:
+        lines[-1] += (f" Converged clip: {_fmt_s(row['a_s'])} then, {_fmt_s(row['b_s'])} now ({row['ratio']:.3f}x the time): "
+                      f"**{row['verdict']}** ({row['why']}).")  # fmt: skip
+    bar = f"{100 * found['min_gain']:g} %"
+    if found["regressions"]:
+        lines.append(f"**Regression** beyond noise and the {bar} bar: {', '.join(found['regressions'])}.")
+    else:
+        lines.append(f"No regression beyond noise and the {bar} bar.")
+    lines.append("What differs: " + ("; ".join(found["differences"]) or "nothing recorded") + ".")
+    return [*lines, ""]
+
+
 def render_markdown(events: list[dict]) -> str:
     by_kind: dict[str, list[dict]] = {}
     for e in events:
@@ -237,6 +265,7 @@ def render_markdown(events: list[dict]) -> str:
         + (f" ({started['chosen_because']})" if started.get("chosen_because") else "")
         + f"; hardware: {first('probe').get('summary', 'not probed yet')}.",
         "",
+        *_start_from(started.get("start_from") or {}),
         f"Workload: {workload.get('width')}×{workload.get('height')}, {workload.get('frames')} frames, "
         f"seed {workload.get('seed')}. Prompt:",
         "",
@@ -297,4 +326,6 @@ def render_markdown(events: list[dict]) -> str:
                 lines += ["", f"**Unresolved.** {_unresolved(end['unresolved'], decisions)}"]
         else:
             lines.append(f"The run failed after {end['trial_count']} trials ({minutes:.1f} min): no usable baseline.")
+    if "compared" in by_kind:
+        lines += ["", *_compared(first("compared"))]
     return "\n".join(lines) + "\n"

@@ -126,15 +126,16 @@ def with_prompt(book: Playbook, prompt: str | None) -> Playbook:
     return book.model_copy(update={"workload": workload})
 
 
-def start(book: Playbook, runs_dir: Path, chosen_because: str = "") -> str:
-    """Create the run directory and its initial state; return the run id."""
+def start(book: Playbook, runs_dir: Path, chosen_because: str = "", start_from: tuple[dict, dict] | None = None) -> str:
+    """Create the run directory and its initial state; return the run id. ``start_from``: a rung tried before the
+    ladder (the nearest known hardware's best, agent/history.py) and what the journal says of it."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{book.name}-{secrets.token_hex(2)}"
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True)
     state = {
         "run_id": run_id,
         "playbook": book.model_dump(),
-        "pending": [r.model_dump() for r in book.ladder],
+        "pending": [*([start_from[0]] if start_from else []), *(r.model_dump() for r in book.ladder)],
         "trials": [],
         "best": None,
         "candidate": None,
@@ -151,6 +152,7 @@ def start(book: Playbook, runs_dir: Path, chosen_because: str = "") -> str:
         source=book.model.source,
         weights=sources.weights_of(book.model.source),
         workload=book.workload.model_dump(),
+        **({"start_from": start_from[1]} if start_from else {}),
     )
     return run_id
 

@@ -37,6 +37,20 @@ COLUMNS = [
 ]
 
 
+# NVML's clocks-event ("throttle") reason bits (nvmlClocksEventReason*), in the words nvidia-smi -q uses.
+THROTTLE_REASONS = {0x1: "GPU idle", 0x2: "applications clocks setting", 0x4: "SW power cap", 0x8: "HW slowdown",
+                    0x10: "sync boost", 0x20: "SW thermal slowdown", 0x40: "HW thermal slowdown",
+                    0x80: "HW power brake slowdown", 0x100: "display clock setting"}  # fmt: skip
+
+
+def throttle_shares(masks: list[int]) -> dict[str, float]:
+    """The share of samples during which each clocks-event reason held (reasons never seen are left out)."""
+    if not masks:
+        return {}
+    shares = {name: sum(1 for m in masks if m & bit) / len(masks) for bit, name in THROTTLE_REASONS.items()}
+    return {name: share for name, share in shares.items() if share > 0}
+
+
 def watched_whole(summary: dict) -> bool:
     """Whether the agent's sampler covered the whole trial: not re-attached midway ("partial"), not read back
     after the trial ended unwatched ("note")."""
@@ -242,6 +256,9 @@ class Sampler:
             found = values(key)
             if found:
                 out[name] = stat(found)
+        reasons = values("throttle_reasons")
+        if reasons:  # {} when NVML read the reasons and none held: measured, and nothing throttled
+            out["throttle_reasons"] = throttle_shares([int(m) for m in reasons])
         if self.write_error:
             out["write_error"] = self.write_error
         return out

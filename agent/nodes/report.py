@@ -8,10 +8,12 @@ import time
 import yaml
 from langgraph.runtime import Runtime
 
-from agent import reuse
+from agent import history, reuse
 from agent.decision import UNRESOLVED
 from agent.files import write_text_atomic
+from agent.journal import Journal
 from agent.nodes import journal, run_dir
+from agent.playbook import Playbook
 from agent.report import html
 from agent.state import AgentState, RunContext
 
@@ -47,6 +49,17 @@ def best_config(state: AgentState) -> dict:
     }
 
 
+def _compare_with_previous(state: AgentState, runtime: Runtime[RunContext], log: Journal) -> None:
+    """A run of hardware that converged before is judged against that run, as `wan-agent compare best RUN` would."""
+    found = history.compare_with_previous(runtime.context.runs_dir, state["run_id"], Playbook.model_validate(state["playbook"]))
+    if found is None:
+        return
+    said = ", ".join(found["regressions"]) or "none"
+    logger.info("against the previous best of this hardware (run %s): regressions beyond noise: %s", found["a"], said)
+    keep = ("a", "converged", "regressions", "differences", "min_gain")
+    log.record("compared", key="compared", **{k: found[k] for k in keep})
+
+
 def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     winner = state.get("best")
     status = "failed" if state.get("status") == "failed" or not winner else "converged"
@@ -61,6 +74,8 @@ def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     else:
         logger.error("run failed: no baseline measurement; see %s", run_dir(state, runtime) / "journal.md")
     log = journal(state, runtime)
+    if status == "converged":
+        _compare_with_previous(state, runtime, log)
     log.record("converged" if status == "converged" else "run_failed", key="end", **fields)
     log.render()
     try:  # a view of the run: the run's outcome stands without it

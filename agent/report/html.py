@@ -14,7 +14,8 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from agent.compare import load
-from agent.files import write_text_atomic
+from agent.files import read_json, write_text_atomic
+from agent.history import COMPARISON_FILE
 from agent.report import charts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -56,6 +57,9 @@ def _trial(event: dict, run_dir: Path) -> dict:
         value = event.get(key, telemetry.get(key))
         if value is not None:
             figures.append((label, f"{value:.0f} {unit}"))
+    if "throttle_reasons" in telemetry:
+        held = ", ".join(f"{name} {100 * share:.0f} %" for name, share in telemetry["throttle_reasons"].items())
+        figures.append(("clock throttle reasons (share of samples)", held or "none"))
     fidelity = _fidelity(event.get("fidelity") or {})
     return {
         **event,
@@ -64,6 +68,15 @@ def _trial(event: dict, run_dir: Path) -> dict:
         "trace": _data_uri(charts.telemetry(trial_dir / "telemetry.csv")),
         "frames": _data_uri(charts.frame_sheet(trial_dir / "frames.npy")),
     }
+
+
+def _comparison(run_dir: Path) -> dict | None:
+    """The run against the previous best of its hardware, with each row's figures in words."""
+    found = read_json(run_dir / COMPARISON_FILE)
+    if not found:
+        return None
+    rows = [*found["rungs"], *([found["converged"]] if found.get("converged") else [])]
+    return found | {"rows": rows, "bar": f"{100 * found['min_gain']:g} %"}
 
 
 def render(run_dir: Path) -> str:
@@ -92,6 +105,7 @@ def render(run_dir: Path) -> str:
         best=run.best,
         best_name=best_name,
         best_yaml=yaml.safe_dump(run.best, sort_keys=False) if run.best else None,
+        comparison=_comparison(run_dir),
         reproduce=shlex.join(["wan-agent", "generate", "--run", run.id, "--prompt", prompt]),
     )
 
