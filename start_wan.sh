@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One-command bring-up: make .venv if missing, install wan-agent with pinned versions, converge on the
-# fastest configuration for this hardware (or reuse a converged run), then generate PROMPT with it.
+# fastest configuration for this hardware (or reuse a converged run), then generate PROMPT with it, or serve it
+# behind the OpenAI Videos API (--serve).
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
 usage: ./start_wan.sh [--rebench] [--synthetic] [--runs-dir DIR] "PROMPT"
+       ./start_wan.sh --serve [--host HOST] [--port PORT] [--rebench] [--synthetic] [--runs-dir DIR] ["PROMPT"]
        ./start_wan.sh --install-only [--dev]
 
   PROMPT          what to generate with the winning configuration (quote it)
@@ -14,18 +16,24 @@ usage: ./start_wan.sh [--rebench] [--synthetic] [--runs-dir DIR] "PROMPT"
                   same as WAN_AGENT_SOURCE=synthetic. On a GPU the default is the real Wan2.2 variant that fits,
                   downloaded from the Hugging Face Hub (HF_ENDPOINT for a mirror) or ModelScope
   --runs-dir DIR  where runs live (default: runs, or $WAN_AGENT_RUNS)
+  --serve         then serve the converged configuration: POST /v1/videos (OpenAI's Videos API), /health, /metrics
+  --host, --port  where to serve (default 127.0.0.1:8000; another address needs $WAN_AGENT_API_KEY)
   --install-only  make .venv and install, then stop (--dev adds the test tools)
 USAGE
 }
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
-rebench=0 install_only=0 dev=0 prompt="" have_prompt=0
+rebench=0 install_only=0 dev=0 prompt="" have_prompt=0 serve=0 host=127.0.0.1 port=8000
 runs_dir="${WAN_AGENT_RUNS:-runs}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rebench) rebench=1 ;;
     --synthetic) export WAN_AGENT_SOURCE=synthetic ;;
     --install-only) install_only=1 ;;
+    --serve) serve=1 ;;
+    --host|--port)
+      [ $# -ge 2 ] || { echo "start_wan.sh: $1 needs a value" >&2; exit 2; }
+      if [ "$1" = --host ]; then host="$2"; else port="$2"; fi; shift ;;
     --dev) dev=1 ;;
     --runs-dir) [ $# -ge 2 ] || { echo "start_wan.sh: --runs-dir needs a directory" >&2; exit 2; }; runs_dir="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -34,7 +42,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ $install_only = 0 ] && [ -z "$prompt" ]; then usage >&2; exit 2; fi
+if [ $install_only = 0 ] && [ $serve = 0 ] && [ -z "$prompt" ]; then usage >&2; exit 2; fi
 command -v tmux >/dev/null || { echo "start_wan.sh: tmux is required (apt-get install tmux)" >&2; exit 2; }
 # The report's tests open it in a real browser: Chromium from the system's packages (Playwright drives it).
 if [ $dev = 1 ] && ! command -v chromium >/dev/null; then
@@ -115,12 +123,17 @@ if [ $status = 3 ]; then  # converged; some verdicts were left open by a noisy h
 elif [ $status != 0 ]; then
   echo "start_wan.sh: the run did not converge (exit $status); read its journal under $runs_dir/" >&2; exit $status
 fi
-video="$("${agent[@]}" generate --run "$run_id" --prompt "$prompt")"
+video=""
+[ -n "$prompt" ] && video="$("${agent[@]}" generate --run "$run_id" --prompt "$prompt")"
 # A run reused from before reports existed has none yet.
 [ -f "$runs_dir/$run_id/report.html" ] || "${agent[@]}" report "$run_id" >/dev/null
+[ -n "$video" ] && echo "video:   $video"
 cat <<DONE
-video:   $video
 journal: $runs_dir/$run_id/journal.md
 report:  $runs_dir/$run_id/report.html
 best:    $runs_dir/$run_id/best.yaml
 DONE
+if [ $serve = 1 ]; then
+  echo "start_wan.sh: serving run $run_id on http://$host:$port/v1/videos (Ctrl-C stops)" >&2
+  exec "${agent[@]}" serve --run "$run_id" --host "$host" --port "$port"
+fi

@@ -23,13 +23,14 @@ from pydantic import ValidationError
 from agent import compare, hardware, history, playbook, rebench, runs, schedule, sources, variants
 from agent.files import storage_problem
 from agent.reuse import find_converged, key
+from agent.serve.server import ServeError
 from agent.sources import DownloadFailed, SourceError
 from agent.state import RunStopped
 
 logger = logging.getLogger("wan-agent")
 UNRESOLVED_EXIT = 3  # converged, but some verdicts were left open by the host's noise
 BAD_INPUT = (playbook.PlaybookError, runs.RunError, SourceError, variants.VariantError, compare.CannotCompare,
-             rebench.RebenchError, schedule.ScheduleError)  # fmt: skip
+             rebench.RebenchError, schedule.ScheduleError, ServeError)  # fmt: skip
 
 
 def pick_playbook(info: dict) -> tuple[str, str]:
@@ -106,6 +107,18 @@ def cmd_rebench(args) -> int:
     against = f" against run {result['previous']}" if result["previous"] else ""
     logger.info("rebench %s%s: %s (%s)", run_id, against, result["verdict"], runs_dir / rebench.LATEST_FILE)
     return 1 if result["verdict"] in rebench.FAILING else 0
+
+
+def cmd_serve(args) -> int:
+    from agent.serve import server
+
+    runs_dir = _runs_dir(args)
+    if args.run == "best":  # the newest converged run of this machine's hardware
+        run_id = compare.newest_best(runs_dir, hardware.probe()["fingerprint"])
+    else:
+        run_id = runs.latest_converged(runs_dir) if args.run == "latest" else args.run
+    key = server.api_key(args.api_key_file)
+    return server.run(runs.path_of(runs_dir, run_id), args.host, args.port, key, args.queue_size, args.poll_after_ms)
 
 
 def cmd_resume(args) -> int:
@@ -276,6 +289,14 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="the report as JSON instead of Markdown")
     cmp.set_defaults(func=cmd_compare)
     schedule.add_parser(sub)
+    srv = sub.add_parser("serve", help="serve a converged configuration behind the OpenAI Videos API (/v1/videos)")
+    srv.add_argument("--run", default="best", help="run id, 'best' (this hardware's newest converged run) or 'latest'")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback needs an API key)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key-file", help="a file holding the API key clients must send (else $WAN_AGENT_API_KEY)")
+    srv.add_argument("--queue-size", type=int, default=8, help="jobs that may wait; more are refused with 429")
+    srv.add_argument("--poll-after-ms", type=int, default=1000, help="the openai-poll-after-ms hint for clients")
+    srv.set_defaults(func=cmd_serve)
     return p
 
 

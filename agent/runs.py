@@ -191,8 +191,9 @@ def _benchmarked_files(model: dict) -> sources.ModelFiles | None:
     return sources.ModelFiles(spec=model["spec"], path=str(path), lora=lora or None, lightning=bool(lora))
 
 
-def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
-    """Generate ``prompt`` once with the run's best.yaml; return the video's path."""
+def converged_config(run_id: str, runs_dir: Path, prompt: str | None, out_dir: Path) -> tuple[TrialConfig, dict]:
+    """The TrialConfig that generates ``prompt`` (default: the playbook's) with a run's best.yaml into ``out_dir``, and
+    the run's playbook as resolved."""
     run_dir = path_of(runs_dir, run_id)
     if not (run_dir / "best.yaml").exists():
         raise RunError(f"run {run_id!r} has no best.yaml (not converged); resume it with `wan-agent resume {run_id}`")
@@ -203,10 +204,6 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     files = _benchmarked_files(best["model"]) or sources.resolve(
         best["model"]["spec"], context(runs_dir).cache_dir, seed=book["model"]["seed"]
     )
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:32] or "prompt"
-    generations = run_dir / "generations"
-    index = len(list(generations.iterdir())) if generations.exists() else 0
-    out_dir = generations / f"{index:02d}-{slug}"
     knobs = best["knobs"]
     config = TrialConfig(
         name=out_dir.name,
@@ -214,11 +211,22 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
         model_seed=book["model"]["seed"],
         device=best["device"],
         lora=LoraFiles(**files.lora) if knobs["lightning"] and files.lora else None,
-        workload=Workload.model_validate(best["workload"] | {"prompt": prompt}),
+        workload=Workload.model_validate(best["workload"] | ({"prompt": prompt} if prompt is not None else {})),
         knobs=knobs,
         measurement=Measurement(warmup=0, repeats=1),
         output_dir=str(out_dir),
     )
+    return config, book
+
+
+def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
+    """Generate ``prompt`` once with the run's best.yaml; return the video's path."""
+    run_dir = path_of(runs_dir, run_id)
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:32] or "prompt"
+    generations = run_dir / "generations"
+    index = len(list(generations.iterdir())) if generations.exists() else 0
+    out_dir = generations / f"{index:02d}-{slug}"
+    config, book = converged_config(run_id, runs_dir, prompt, out_dir)
     trials.prepare(out_dir, config)
     logger.info("generating with %s (best of run %s)", config.knobs.describe(), run_id)
     timeouts = book["timeouts"]

@@ -1,0 +1,128 @@
+"""The GPU worker of `wan-agent serve`: one process that loads a converged run's configuration once (built, compiled
+and warmed by one clip before it says ready), then generates the jobs it reads from stdin, one JSON object per line.
+
+It reports on its own stdout, one JSON object per line: ``ready``, ``progress``, ``completed``, ``failed``, or
+``load_failed`` (then exits 1). Everything else the libraries print goes to stderr, so a stray print cannot break a
+report. A job's clip is written whole or not at all (agent/files.py); a job that fails leaves the worker serving.
+
+    python -m agent.serve.worker PATH/serve-config.json      # TrialConfig of the run's best (agent/runs.py)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.files import atomic_path
+from agent.runtime.config import TrialConfig, Workload
+
+logger = logging.getLogger("agent.serve.worker")
+
+
+class Reporter:
+    """One JSON line per event on the stdout the worker was started with; fd 1 itself is pointed at stderr."""
+
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def __call__(self, event: str, **fields) -> None:
+        self._out.write(json.dumps({"event": event, **fields}) + "\n")
+
+
+def job_config(base: TrialConfig, job: dict) -> TrialConfig:
+    """The run's best configuration with the job's workload and the settings a request may change."""
+    work = base.workload.model_dump() | {k: job[k] for k in ("prompt", "width", "height", "frames", "fps", "seed")}
+    if job.get("negative_prompt") is not None:
+        work["negative_prompt"] = job["negative_prompt"]
+    changes = {k: job[k] for k in ("steps", "guidance_scale", "guidance_scale_2", "flow_shift") if job.get(k) is not None}
+    knobs = base.knobs.model_validate(base.knobs.model_dump() | changes)
+    return base.model_copy(update={"workload": Workload.model_validate(work), "knobs": knobs})
+
+
+def _set_shift(pipe, shift: float) -> None:
+    from diffusers import UniPCMultistepScheduler
+
+    from agent.runtime.official.pipeline import OfficialPipeline
+
+    if isinstance(pipe, OfficialPipeline):
+        pipe.scheduler.register_to_config(shift=shift)
+    elif pipe.scheduler.config.get("flow_shift") != shift:
+        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=shift)
+
+
+def _write_mp4(frames, path: Path, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    with atomic_path(path) as video:
+        imageio.mimwrite(video, list(frames), fps=fps, quality=5, macro_block_size=16, format="FFMPEG")  # type: ignore[arg-type]
+
+
+def generate(pipe, config: TrialConfig, device, output: Path, progress: Callable[..., None]) -> float:
+    """One job's clip, ``progress(progress=percent)`` after each denoising step (the decode is the last step); its seconds."""
+    from agent.runtime.generate import generate as run_clip
+
+    def on_step(index: int, total: int, expert: str, seconds: float) -> None:
+        progress(progress=min(99, int(100 * (index + 1) / (total + 1))))
+
+    t0 = time.perf_counter()
+    _set_shift(pipe, config.knobs.flow_shift)
+    clip = run_clip(pipe, config, device, on_step)
+    if clip.nonfinite:
+        raise RuntimeError(f"the clip came out with {clip.nonfinite} non-finite values")
+    _write_mp4(clip.frames, output, config.workload.fps)
+    return time.perf_counter() - t0
+
+
+def serve(base: TrialConfig, report: Reporter) -> int:
+    import torch
+
+    from agent.runtime import pipeline
+
+    device = pipeline.pick_device(base.device)
+    if device.type == "cpu" and base.measurement.cpu_threads:
+        torch.set_num_threads(base.measurement.cpu_threads)
+    try:
+        t0 = time.perf_counter()
+        pipe, stages, setup = pipeline.build(base, device)
+        load_s = time.perf_counter() - t0
+        warm = Path(base.output_dir) / "warm-up.mp4"  # the run's own workload: compiles and tunes what jobs will use
+        warmup_s = generate(pipe, base, device, warm, lambda **_: None)
+    except Exception as err:  # noqa: BLE001 (whatever stops the load is what /health must say)
+        logger.exception("loading failed")
+        report("load_failed", message=f"{type(err).__name__}: {err}")
+        return 1
+    report("ready", load_s=round(load_s, 3), warmup_s=round(warmup_s, 3), device=str(device), offload=setup.get("offload"),
+           label=base.knobs.describe())  # fmt: skip
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            progress = functools.partial(report, "progress", job=job["id"])
+            seconds = generate(pipe, job_config(base, job), device, Path(job["output"]), progress)
+        except Exception as err:  # noqa: BLE001 (the job fails, the worker goes on serving)
+            logger.error("job %s failed: %s", job["id"], traceback.format_exc()[-2000:])
+            report("failed", job=job["id"], code="generation_failed", message=f"{type(err).__name__}: {err}"[:500])
+            continue
+        report("completed", job=job["id"], generate_s=round(seconds, 3))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    report = Reporter()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if len(argv) != 2:
+        print("usage: python -m agent.serve.worker PATH/serve-config.json", file=sys.stderr)
+        return 2
+    return serve(TrialConfig.model_validate_json(Path(argv[1]).read_text()), report)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
