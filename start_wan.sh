@@ -44,26 +44,20 @@ while [ $# -gt 0 ]; do
 done
 if [ $install_only = 0 ] && [ $serve = 0 ] && [ -z "$prompt" ]; then usage >&2; exit 2; fi
 command -v tmux >/dev/null || { echo "start_wan.sh: tmux is required (apt-get install tmux)" >&2; exit 2; }
-# The report's tests open it in a real browser: Chromium from the system's packages (Playwright drives it).
-if [ $dev = 1 ] && ! command -v chromium >/dev/null; then
+# System packages the tests drive for real: dev_package COMMAND PACKAGE WHAT-FOR, installed with apt-get as root.
+dev_package() {
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "start_wan.sh: installing Chromium for the report's browser tests (apt-get install chromium)" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
-      || { echo "start_wan.sh: apt-get could not install chromium" >&2; exit 1; }
+    echo "start_wan.sh: installing $2 for $3 (apt-get install $2)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; } >/dev/null \
+      || { echo "start_wan.sh: apt-get could not install $2" >&2; exit 1; }
   else
-    echo "start_wan.sh: the tests need Chromium: apt-get install chromium (as root), then run this again" >&2; exit 2
+    echo "start_wan.sh: $3 need $2: apt-get install $2 (as root), then run this again" >&2; exit 2
   fi
-fi
-
-# `wan-agent schedule`'s tests write a real crontab line and run it: cron from the system's packages.
-if [ $dev = 1 ] && ! command -v crontab >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "start_wan.sh: installing cron for the schedule's tests (apt-get install cron)" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron; } >/dev/null \
-      || { echo "start_wan.sh: apt-get could not install cron" >&2; exit 1; }
-  else
-    echo "start_wan.sh: no crontab: the schedule's cron tests will be skipped (apt-get install cron, as root, runs them)" >&2
-  fi
+}
+if [ $dev = 1 ]; then
+  dev_package chromium chromium "the report's browser tests (Playwright drives it)"
+  dev_package crontab cron "the schedule's tests (they write a real crontab line and run it)"
 fi
 
 # Install once per change of pyproject.toml/constraints.txt; the stamp records what was installed.
