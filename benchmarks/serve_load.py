@@ -128,8 +128,10 @@ def markdown(data: dict) -> str:
     gpus = data["hardware"]["gpus"]
     machine = f"{gpus[0]['name']} (driver {gpus[0]['driver']})" if gpus else "CPU"
     energy = f"{data['energy_per_clip_J']:.0f} J" if "energy_per_clip_J" in data else "not measured"
+    model = str(data["health"].get("model", "?"))
     return "\n".join([
         f"`wan-agent serve` on **{machine}**, torch {data['versions']['torch']}, diffusers {data['versions']['diffusers']}; "
+        f"model `{model}`{' (random weights: synthetic-weight figures)' if model.startswith('synthetic:') else ''}; "
         f"run `{data['run']}` ({data['health'].get('reason', data['health'])}); {data['clients']} clients for "
         f"{data['minutes']} min; ready after {data['ready_s']:.0f} s.",
         "",

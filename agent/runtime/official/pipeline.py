@@ -227,6 +227,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
             "autocast": str(dtype).removeprefix("torch.") if device.type == "cuda" else "none (fp32 on the CPU)",
             "sdpa_kernel": support.SDPA_BACKENDS[knobs.attention] or "PyTorch's choice",
             "weights": "the trial's diffusers-layout weights, renamed into the reference modules (no copy)",
+            # what was applied to the reference experts' modules (the DiT blocks, their linear layers)
+            "experts": {"fp8": knobs.fp8, "compile": knobs.compile, "vae_decode": knobs.vae_decode},
         },
         "attention_patch": patch,
     }
