@@ -29,6 +29,10 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
         return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
     if knobs.fp4 != "none" and not any(_capability(g) >= FP4_COMPUTE_MIN_CAPABILITY for g in gpus):
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
+    if knobs.ulysses > 1 and gpus and len(gpus) < knobs.ulysses:
+        return f"ulysses={knobs.ulysses} splits the work over {knobs.ulysses} GPUs; this machine has {len(gpus)} ({found})"
+    if knobs.ulysses > 1 and knobs.offload not in ("none", "auto"):
+        return f"ulysses={knobs.ulysses} with offload={knobs.offload}: each rank keeps its whole model on its own GPU"
     if knobs.offload in ("model", "group", "sequential") and not gpus:
         return f"offload={knobs.offload} moves weights to a GPU, and there is none"
     return support.refusal(knobs, on_gpu=bool(gpus))

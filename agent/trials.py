@@ -19,6 +19,7 @@ from typing import Any
 import agent
 from agent import gpu_map, telemetry, tmux
 from agent.files import read_json, write_json_atomic
+from agent.runtime import parallel
 from agent.runtime.config import TrialConfig
 from agent.runtime.official.support import CHECKOUT_ENV
 
@@ -81,7 +82,8 @@ def runtime_env(environments: dict | None, runtime: str) -> dict[str, str]:
 def _start(session: str, trial_dir: Path, python: str, runtime_vars: dict[str, str]) -> None:
     forget(trial_dir)  # left by an attempt whose session was lost
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    argv = [python, "-m", "agent.runtime.worker", str(trial_dir / "trial.json")]
+    knobs = TrialConfig.model_validate_json((trial_dir / "trial.json").read_text()).knobs
+    argv = [*parallel.launcher(python, knobs), str(trial_dir / "trial.json")]  # torchrun for a trial of several ranks
     # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(trial_dir.parent.parent / "inductor-cache")
     env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER}

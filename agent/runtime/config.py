@@ -81,6 +81,9 @@ class Knobs(Strict):
     vae_tiling: bool = False
     vae_decode: VaeDecode = "eager"
     text_encoder_on_cpu: bool = False
+    # Context parallelism: the experts' tokens split over this many GPUs (CPU processes without one), diffusers'
+    # Ulysses attention (all-to-all over the heads, which it must divide); started by torchrun (agent/runtime/parallel.py).
+    ulysses: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _one_low_precision_path(self) -> Knobs:
@@ -99,7 +102,7 @@ class Knobs(Strict):
             parts.append("lightning")
         parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]
         defaults = Knobs.model_fields
-        for name in ("runtime", "attention", "compile", "offload", "vae_decode"):
+        for name in ("runtime", "attention", "compile", "offload", "vae_decode", "ulysses"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
         parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu") if getattr(self, flag)]

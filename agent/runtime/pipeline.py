@@ -13,7 +13,7 @@ import time
 import torch
 
 from agent.capabilities import FP4_COMPUTE_MIN_CAPABILITY, FP8_COMPUTE_MIN_CAPABILITY
-from agent.runtime import attention, memory
+from agent.runtime import attention, memory, parallel
 from agent.runtime.config import Knobs, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
 
@@ -200,6 +200,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         pipe.vae.enable_tiling()
     if knobs.vae_decode != "eager":
         tune_vae(pipe.vae, knobs.vae_decode)
+    if knobs.ulysses > 1:  # before compile: the plan's hooks go on the modules compile wraps
+        setup |= parallel.split_attention(pipe, knobs)
     if knobs.compile != "none":
         _compile(pipe, knobs.compile)
     synchronize(device)

@@ -1,6 +1,7 @@
 """The trial worker: ``python -m agent.runtime.worker PATH/trial.json``.
 
-Reads its whole configuration from the file (no user text on a command line), builds the pipeline,
+Reads its whole configuration from the file (no user text on a command line), joins its ranks when torchrun started
+it (agent/runtime/parallel.py), builds the pipeline,
 runs the untimed warm-up and the timed repeats, saves the last clip as ``video.mp4`` and
 ``frames.npy``, and writes ``result.json`` (temp name, then rename). Exit codes: 0 done, 1 the trial
 failed (the reason is in result.json), 2 the trial.json itself is invalid.
@@ -21,6 +22,7 @@ import numpy as np
 
 from agent.files import atomic_path, write_json_atomic
 from agent.hardware import versions
+from agent.runtime import parallel
 from agent.runtime.config import TrialConfig
 
 logger = logging.getLogger("agent.worker")
@@ -218,11 +220,13 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as err:
         print(f"invalid trial file {trial_file}: {err}", file=sys.stderr)
         return 2
-    result_path = Path(config.output_dir) / RESULT_FILE
     if config.host_memory_GiB is not None:
         cap = int(config.host_memory_GiB * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    rank, result_path = None, Path(config.output_dir) / RESULT_FILE
     try:
+        rank, config = parallel.join(config)  # under torchrun: a rank other than 0 writes under ranks/N
+        result_path = Path(config.output_dir) / RESULT_FILE
         result = run(config)
     except Exception as err:  # the trial failed: record why for the agent's remediation, then exit 1
         logger.exception("trial failed")
@@ -236,6 +240,8 @@ def main(argv: list[str]) -> int:
             },
         )
         return 1
+    finally:
+        parallel.leave(rank)
     write_json_atomic(result_path, result)
     logger.info(
         "done: %.3f s per clip (median of %d), result in %s",

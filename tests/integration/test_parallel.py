@@ -1,0 +1,94 @@
+"""A trial over several ranks (issue 17's first step), on the CPU with gloo: torchrun started in the trial's tmux
+session, diffusers' Ulysses context parallelism over the tiny model's three heads, rank 0 writing the trial's files.
+The clip must be the one a single process makes; a rank that dies takes the trial down."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from agent import capabilities, sources, trials
+from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
+
+
+@pytest.fixture(scope="module")
+def model() -> sources.ModelFiles:
+    return sources.resolve("synthetic:tiny", Path(os.environ["WAN_AGENT_CACHE"]))
+
+
+def trial(model, out: Path, **knobs) -> TrialConfig:
+    return TrialConfig(
+        name=out.name,
+        model_path=str(model.path),
+        output_dir=str(out),
+        device="cpu",
+        workload=Workload(prompt="A cat walking on the grass", height=48, width=64, frames=9, seed=7),  # 36 tokens
+        knobs=Knobs(precision="fp32", steps=3, guidance_scale=4.0, **knobs),
+        measurement=Measurement(warmup=0, repeats=1, cpu_threads=1),
+    )
+
+
+def execute(cfg: TrialConfig) -> dict:
+    out = Path(cfg.output_dir)
+    trials.prepare(out, cfg)
+    return trials.execute(f"parallel-{os.getpid()}", out, deadline_s=300, idle_timeout_s=120, poll_s=0.1, gpu=None)
+
+
+def test_three_ranks_make_the_single_process_clip(model, tmp_path):
+    single = execute(trial(model, tmp_path / "single"))
+    split = execute(trial(model, tmp_path / "ulysses", ulysses=3))
+    assert single["result"]["status"] == "ok" and split["result"]["status"] == "ok", split["session"]
+    result = split["result"]
+    assert result["setup"]["context_parallel"] == {"ulysses": 3, "ranks": 3}
+    assert result["config"]["output_dir"] == str(tmp_path / "ulysses")  # rank 0's record
+    for rank in (1, 2):  # the other ranks wrote only under ranks/N
+        assert (tmp_path / "ulysses" / "ranks" / str(rank) / "result.json").is_file()
+    frames = [np.load(tmp_path / name / "frames.npy").astype(int) for name in ("single", "ulysses")]
+    assert frames[0].shape == frames[1].shape and np.abs(frames[0] - frames[1]).max() <= 1
+    assert all(f"rank {r} of 3 (cpu, gloo)" in (tmp_path / "ulysses" / "stdout.log").read_text() for r in range(3))
+
+
+def ranks(trial_dir: Path) -> list[psutil.Process]:
+    """The worker processes torchrun started for the trial in ``trial_dir``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "agent.runtime.worker" in cmd and "torch.distributed.run" not in cmd and str(trial_dir) in " ".join(cmd):
+            found.append(proc)
+    return found
+
+
+def test_a_rank_that_dies_takes_the_trial_down_and_leaves_no_process(model, tmp_path):
+    cfg = trial(model, tmp_path / "killed", ulysses=3).model_copy(update={"measurement": Measurement(warmup=0, repeats=50)})
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(execute(cfg)))
+    runner.start()
+    deadline, log = time.monotonic() + 120, tmp_path / "killed" / "stdout.log"
+    while len(ranks(tmp_path / "killed")) < 3 or "repeat 1/50" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline and runner.is_alive(), "the three ranks never got to their clips"
+        time.sleep(0.2)
+    victim = next(p for p in ranks(tmp_path / "killed") if p.environ().get("RANK") == "2")
+    victim.send_signal(signal.SIGKILL)
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the trial outlived its killed rank"
+    assert outcome["session"]["exit_code"] != 0 and (outcome["result"] or {}).get("status") != "ok"
+    gone, alive = psutil.wait_procs(ranks(tmp_path / "killed"), timeout=30)
+    assert not alive, f"ranks left running: {alive}"
+
+
+def test_heads_the_split_does_not_divide_fail_the_trial_with_the_reason(model, tmp_path):
+    outcome = execute(trial(model, tmp_path / "two", ulysses=2))
+    assert outcome["result"]["status"] == "failed"
+    assert "ulysses=2 must divide the model's 3 attention heads" in outcome["result"]["error"]["message"]
+    assert outcome["session"]["exit_code"] != 0
+
+
+def test_more_ranks_than_gpus_is_refused_at_planning():
+    hardware = {"gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "uuid": "GPU-0"}]}
+    said = capabilities.cannot_run(Knobs(ulysses=2), hardware, "cuda")
+    assert said is not None and "ulysses=2 splits the work over 2 GPUs; this machine has 1" in said
