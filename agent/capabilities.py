@@ -7,6 +7,7 @@ it on the trial's own shape, which the worker does.
 from __future__ import annotations
 
 from agent import gpu_map
+from agent.runtime import parallel
 from agent.runtime.config import Knobs
 from agent.runtime.official import support
 
@@ -29,10 +30,11 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
         return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
     if knobs.fp4 != "none" and not any(_capability(g) >= FP4_COMPUTE_MIN_CAPABILITY for g in gpus):
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
-    if knobs.ulysses > 1 and gpus and len(gpus) < knobs.ulysses:
-        return f"ulysses={knobs.ulysses} splits the work over {knobs.ulysses} GPUs; this machine has {len(gpus)} ({found})"
-    if knobs.ulysses > 1 and knobs.offload not in ("none", "auto"):
-        return f"ulysses={knobs.ulysses} with offload={knobs.offload}: each rank keeps its whole model on its own GPU"
+    ranks, split = parallel.world_size(knobs), f"ulysses={knobs.ulysses}" if knobs.ulysses > 1 else "cfg_parallel"
+    if ranks > 1 and gpus and len(gpus) < ranks:
+        return f"{split} splits the work over {ranks} GPUs; this machine has {len(gpus)} ({found})"
+    if ranks > 1 and knobs.offload not in ("none", "auto"):
+        return f"{split} with offload={knobs.offload}: each rank keeps its whole model on its own GPU"
     if knobs.offload in ("model", "group", "sequential") and not gpus:
         return f"offload={knobs.offload} moves weights to a GPU, and there is none"
     return support.refusal(knobs, on_gpu=bool(gpus))

@@ -112,7 +112,10 @@ def pane_pid(name: str) -> int | None:
     session = _session(name)
     if session is None:
         return None
-    pane = session.active_window.active_pane
+    try:
+        pane = session.active_window.active_pane
+    except libtmux.exc.LibTmuxException:  # the session ended between the two questions
+        return None
     return int(pane.pane_pid) if pane is not None and pane.pane_pid else None
 
 

@@ -84,11 +84,15 @@ class Knobs(Strict):
     # Context parallelism: the experts' tokens split over this many GPUs (CPU processes without one), diffusers'
     # Ulysses attention (all-to-all over the heads, which it must divide); started by torchrun (agent/runtime/parallel.py).
     ulysses: int = Field(default=1, ge=1, le=64)
+    # CFG parallelism: the conditional and unconditional branches of each CFG step on two GPUs (CPU processes).
+    cfg_parallel: bool = False
 
     @model_validator(mode="after")
     def _one_low_precision_path(self) -> Knobs:
         if self.fp4 != "none" and self.fp8 != "none":
             raise ValueError(f"fp4={self.fp4} and fp8={self.fp8} both set; a layer is quantized one way: keep one")
+        if self.cfg_parallel and self.ulysses > 1:
+            raise ValueError(f"cfg_parallel with ulysses={self.ulysses}: one way of splitting a trial at a time, for now")
         return self
 
     def describe(self) -> str:
@@ -105,7 +109,7 @@ class Knobs(Strict):
         for name in ("runtime", "attention", "compile", "offload", "vae_decode", "ulysses"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
-        parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu") if getattr(self, flag)]
+        parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu", "cfg_parallel") if getattr(self, flag)]
         return ", ".join(parts)
 
 

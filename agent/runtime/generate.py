@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from agent.runtime import parallel
 from agent.runtime.config import TrialConfig
 from agent.runtime.pipeline import synchronize
 
@@ -88,6 +89,7 @@ def encode(pipe, config: TrialConfig, device: torch.device) -> tuple[torch.Tenso
     positive = positive.to(device)
     negative = negative.to(device) if negative is not None else None
     synchronize(device)
+    parallel.remember_negative(pipe, negative)  # CFG parallelism's second rank computes the unconditional branch
     return positive, negative, time.perf_counter() - t0
 
 

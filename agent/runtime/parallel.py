@@ -1,7 +1,8 @@
 """A trial over several processes (GPUs, or CPU processes on a machine without one): started by torchrun, one rank
-per process, each on its own GPU; the experts' self-attention split over the ranks with diffusers' own context
-parallelism (Ulysses: each rank holds 1/N of the tokens, all-to-all over the heads). Every rank runs the same code
-(each collective needs them all); rank 0 writes the trial's files, the others write theirs under ``ranks/N``.
+per process, each on its own GPU. Two ways to share the work: the experts' self-attention split over the ranks with
+diffusers' own context parallelism (``ulysses``: each rank holds 1/N of the tokens, all-to-all over the heads), or
+CFG's two branches on two ranks (``cfg_parallel``). Every rank runs the same code (each collective needs them all);
+rank 0 writes the trial's files, the others write theirs under ``ranks/N``.
 torch is imported where it is used: the agent's process only asks how to launch a trial.
 """
 
@@ -26,7 +27,7 @@ class Rank:
 
 def world_size(knobs: Knobs) -> int:
     """How many processes a trial with ``knobs`` runs in."""
-    return knobs.ulysses
+    return knobs.ulysses * (2 if knobs.cfg_parallel else 1)
 
 
 def launcher(python: str, knobs: Knobs) -> list[str]:
@@ -74,6 +75,68 @@ def split_attention(pipe, knobs: Knobs) -> dict:
             raise ValueError(f"ulysses={knobs.ulysses} must divide the model's {heads} attention heads")
         expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=knobs.ulysses))
     return {"context_parallel": {"ulysses": knobs.ulysses, "ranks": world_size(knobs)}}
+
+
+class CfgSplit:
+    """A diffusers model hook on an expert: at a conditional forward, rank 0 computes it and rank 1 the unconditional
+    one with the same latents and timestep, and both gather both; the unconditional call that follows (the same
+    inputs, the negative prompt) returns the gathered result without computing. Any other call is computed on every
+    rank alone, so the ranks stay in step whatever calls come (a call with no CFG after it only wastes rank 1's)."""
+
+    def __init__(self, rank: int):
+        from diffusers.hooks import ModelHook
+
+        class Hook(ModelHook):
+            def new_forward(hook, module, *args, **kwargs):  # noqa: N805 (the hook is diffusers')
+                return self.forward(hook.fn_ref.original_forward, *args, **kwargs)
+
+        self.hook, self.rank = Hook(), rank
+        self.negative = None  # the negative prompt's embeddings, set by remember_negative
+        self.pending: tuple | None = None  # (latents, timestep, unconditional output)
+
+    def forward(self, original, *args, **kwargs):
+        import torch
+
+        latents, timestep, text = (kwargs.get(k) for k in ("hidden_states", "timestep", "encoder_hidden_states"))
+        if args or kwargs.get("return_dict", True) or latents is None or text is None or self.negative is None:
+            return original(*args, **kwargs)  # not a denoising call of the pipeline or the probe: each rank alone
+        if _same(text, self.negative):
+            pending, self.pending = self.pending, None
+            if pending is not None and pending[0] is latents and pending[1] is timestep:
+                return (pending[2],)
+            return original(*args, **kwargs)
+        mine = kwargs if self.rank == 0 else kwargs | {"encoder_hidden_states": self.negative.to(text.dtype)}
+        output = original(*args, **mine)[0].contiguous()
+        both = [torch.empty_like(output) for _ in range(2)]
+        torch.distributed.all_gather(both, output)
+        self.pending = (latents, timestep, both[1])
+        return (both[0],)
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    return a is b or (a.shape == b.shape and bool(torch.equal(a, b.to(a.dtype))))
+
+
+def split_cfg(pipe, rank: int) -> dict:
+    """CFG's branches on two ranks, in each expert (agent.runtime.generate tells the hooks the negative prompt)."""
+    from diffusers.hooks import HookRegistry
+
+    from agent.runtime.pipeline import experts
+
+    pipe._cfg_splits = []
+    for expert in experts(pipe):
+        split = CfgSplit(rank)
+        HookRegistry.check_if_exists_or_initialize(expert).register_hook(split.hook, "wan_agent_cfg_parallel")
+        pipe._cfg_splits.append(split)
+    return {"cfg_parallel": {"ranks": 2}}
+
+
+def remember_negative(pipe, negative) -> None:
+    """The negative prompt's embeddings the unconditional branch uses (None: no CFG, nothing to split)."""
+    for split in getattr(pipe, "_cfg_splits", []):
+        split.negative, split.pending = negative, None
 
 
 def leave(rank: Rank | None) -> None:

@@ -202,6 +202,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         tune_vae(pipe.vae, knobs.vae_decode)
     if knobs.ulysses > 1:  # before compile: the plan's hooks go on the modules compile wraps
         setup |= parallel.split_attention(pipe, knobs)
+    if knobs.cfg_parallel:
+        setup |= parallel.split_cfg(pipe, torch.distributed.get_rank())
     if knobs.compile != "none":
         _compile(pipe, knobs.compile)
     synchronize(device)

@@ -1,6 +1,7 @@
 """A trial over several ranks (issue 17's first step), on the CPU with gloo: torchrun started in the trial's tmux
-session, diffusers' Ulysses context parallelism over the tiny model's three heads, rank 0 writing the trial's files.
-The clip must be the one a single process makes; a rank that dies takes the trial down."""
+session, diffusers' Ulysses context parallelism over the tiny model's three heads, or CFG's branches on two ranks;
+rank 0 writing the trial's files. The clip must be the one a single process makes (with CFG and without: a call with
+no unconditional branch after it must not leave the ranks out of step); a rank that dies takes the trial down."""
 
 import os
 import signal
@@ -28,7 +29,7 @@ def trial(model, out: Path, **knobs) -> TrialConfig:
         output_dir=str(out),
         device="cpu",
         workload=Workload(prompt="A cat walking on the grass", height=48, width=64, frames=9, seed=7),  # 36 tokens
-        knobs=Knobs(precision="fp32", steps=3, guidance_scale=4.0, **knobs),
+        knobs=Knobs(**{"precision": "fp32", "steps": 3, "guidance_scale": 4.0} | knobs),
         measurement=Measurement(warmup=0, repeats=1, cpu_threads=1),
     )
 
@@ -79,6 +80,16 @@ def test_a_rank_that_dies_takes_the_trial_down_and_leaves_no_process(model, tmp_
     assert outcome["session"]["exit_code"] != 0 and (outcome["result"] or {}).get("status") != "ok"
     gone, alive = psutil.wait_procs(ranks(tmp_path / "killed"), timeout=30)
     assert not alive, f"ranks left running: {alive}"
+
+
+@pytest.mark.parametrize("guidance", [4.0, 1.0])
+def test_cfg_branches_on_two_ranks_make_the_single_process_clip(model, tmp_path, guidance):
+    execute(trial(model, tmp_path / "single", guidance_scale=guidance, guidance_scale_2=guidance))
+    split = execute(trial(model, tmp_path / "cfg", guidance_scale=guidance, guidance_scale_2=guidance, cfg_parallel=True))
+    assert split["result"]["status"] == "ok", split["session"]
+    assert split["result"]["setup"]["cfg_parallel"] == {"ranks": 2}
+    frames = [np.load(tmp_path / name / "frames.npy").astype(int) for name in ("single", "cfg")]
+    assert np.abs(frames[0] - frames[1]).max() <= 1
 
 
 def test_heads_the_split_does_not_divide_fail_the_trial_with_the_reason(model, tmp_path):

@@ -36,8 +36,8 @@ def refusal(knobs: Knobs, on_gpu: bool) -> str | None:
             return f"runtime official does not take {name}={getattr(knobs, name)}: {why}"
     if knobs.offload not in ("none", "auto", "model"):
         return f"runtime official does not take offload={knobs.offload}: the reference code moves whole experts (model)"
-    if knobs.ulysses > 1:
-        return f"runtime official does not take ulysses={knobs.ulysses} yet: its own sequence parallelism is a later rung"
+    if knobs.ulysses > 1 or knobs.cfg_parallel:
+        return "runtime official does not split a trial over GPUs yet: its own sequence parallelism is a later rung"
     if knobs.attention not in SDPA_BACKENDS:
         return f"runtime official attends through SDPA; attention={knobs.attention} is not one of {', '.join(SDPA_BACKENDS)}"
     return None
