@@ -40,6 +40,13 @@ def trial_gpu(hardware: dict) -> int | None:
     return indices[0] if indices else None
 
 
+def rank_gpus(hardware: dict, ranks: int) -> list[int] | None:
+    """NVML indices of the GPUs a trial of ``ranks`` ranks computes on (rank r on its cuda:r), or None when this
+    environment does not show that many whole GPUs."""
+    indices = nvml_indices(hardware.get("gpus", []), os.environ.get("CUDA_VISIBLE_DEVICES")) or []
+    return indices[:ranks] if len(indices) >= ranks else None
+
+
 def trial_gpus(hardware: dict) -> list[dict]:
     """The GPU records that describe what a trial computes on: its cuda:0's, or every GPU of the machine when that
     is a MIG instance of one of them; empty when it sees none."""

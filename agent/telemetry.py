@@ -8,7 +8,9 @@ Energy comes from the NVML energy counter's delta, not from integrating power sa
 from __future__ import annotations
 
 import csv
+import functools
 import logging
+import operator
 import os
 import statistics
 import threading
@@ -177,12 +179,48 @@ class SharingWatch:
         return {"checked": True, "samples": self.samples, "shared_samples": self.shared_samples, "others": others}
 
 
-class Sampler:
-    """Samples in a background thread from ``start()`` to ``stop()``; ``worker_pid`` gives the process tree to watch."""
+def combine(samples: list[dict]) -> dict:
+    """One row for several GPUs a trial computes on: power and energy summed, memory and temperature the highest
+    GPU's (what limits the trial), utilisation and clocks averaged, throttle reasons the union of each GPU's."""
+    row: dict = {}
+    for key, how in (("power_W", sum), ("energy_J", sum), ("gpu_mem_used_GiB", max), ("temperature_C", max),
+                     ("gpu_util_pct", statistics.fmean), ("mem_util_pct", statistics.fmean),
+                     ("sm_clock_MHz", statistics.fmean)):  # fmt: skip
+        found = [s[key] for s in samples if s.get(key) is not None]
+        if found and len(found) == len(samples):  # a figure some GPU did not give is not the trial's: left out
+            row[key] = how(found)
+    masks = [s["throttle_reasons"] for s in samples if s.get("throttle_reasons") is not None]
+    if masks and len(masks) == len(samples):
+        row["throttle_reasons"] = functools.reduce(operator.or_, masks)
+    return row
 
-    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5, gpu: int | str | None = 0):
+
+class NvmlGroup:
+    """The GPUs of a trial over several ranks, watched as one (``combine``); ``error`` if any cannot be watched."""
+
+    def __init__(self, devices: list[int | str]):
+        self.members = [Nvml(d) for d in devices]
+        errors = [f"GPU {d}: {m.error}" for d, m in zip(devices, self.members, strict=True) if m.error]
+        self.error: str | None = "; ".join(errors) or None
+
+    def sample(self) -> dict:
+        return combine([m.sample() for m in self.members]) if self.error is None else {}
+
+    def processes(self) -> list[dict] | None:
+        found = [m.processes() for m in self.members]
+        if any(f is None for f in found):
+            return None
+        return list({p["pid"]: p for f in found for p in f or []}.values())
+
+
+class Sampler:
+    """Samples in a background thread from ``start()`` to ``stop()``; ``worker_pid`` gives the process tree to watch.
+    ``gpu``: the NVML index (or UUID) of the GPU the trial computes on, or the list of them for a trial over ranks."""
+
+    def __init__(self, csv_path: Path, worker_pid: Callable[[], int | None], interval_s: float = 0.5,
+                 gpu: int | str | list[int] | None = 0):  # fmt: skip
         self.csv_path, self.worker_pid, self.interval_s = csv_path, worker_pid, interval_s
-        self.nvml = Nvml(gpu)
+        self.nvml: Nvml | NvmlGroup = NvmlGroup(list(gpu)) if isinstance(gpu, list) else Nvml(gpu)
         self.rows: list[dict] = []
         self.write_error: str | None = None
         self._stop = threading.Event()

@@ -108,12 +108,13 @@ def execute(
     idle_timeout_s: float,
     poll_s: float = 0.5,
     telemetry_interval_s: float = 0.5,
-    gpu: int | None = 0,
+    gpu: int | list[int] | None = 0,
     python: str = sys.executable,
     runtime_vars: dict[str, str] | None = None,
 ) -> dict:
     """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data. ``gpu`` is
-    the NVML index of the GPU it computes on (gpu_map.trial_gpu), watched by the sampler; ``python`` runs the worker,
+    the NVML index of the GPU it computes on (gpu_map.trial_gpu), or of each rank's (gpu_map.rank_gpus), watched by
+    the sampler; ``python`` runs the worker,
     with ``runtime_vars`` (runtime_env) set."""
     session = tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"

@@ -12,6 +12,8 @@ from agent import contention, gpu_map, trials
 from agent.decision import failure_reason
 from agent.files import STORAGE_MESSAGES, StorageError, check_room, storage_problem
 from agent.nodes import journal
+from agent.runtime import parallel
+from agent.runtime.config import Knobs
 from agent.state import AgentState, RunContext
 
 logger = logging.getLogger(__name__)
@@ -21,9 +23,10 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     candidate, timeouts = state["candidate"], state["playbook"]["timeouts"]
     assert candidate is not None  # the router only comes here with a candidate
     trial_dir = Path(candidate["dir"])
-    index = gpu_map.trial_gpu(state["hardware"])
+    ranks = parallel.world_size(Knobs.model_validate(candidate["knobs"]))
+    index = gpu_map.trial_gpu(state["hardware"]) if ranks == 1 else gpu_map.rank_gpus(state["hardware"], ranks)
     for attempt in (1, 2):
-        gpu = _check_gpu(state, trial_dir, index) if trials.will_start(state["run_id"], trial_dir) else None
+        gpu = _check_gpus(state, trial_dir, index) if trials.will_start(state["run_id"], trial_dir) else None
         try:
             outcome = trials.execute(
                 state["run_id"],
@@ -78,10 +81,16 @@ def _shared_during(outcome: dict) -> str | None:
     return "; ".join(seen) or None
 
 
-def _check_gpu(state: AgentState, trial_dir: Path, index: int | None) -> dict | None:
-    """Before a trial on a GPU (NVML index ``index``): wait for other processes to leave it; refuse or flag if they do not."""
+def _check_gpus(state: AgentState, trial_dir: Path, index: int | list[int] | None) -> dict | None:
+    """Before a trial on a GPU (NVML index ``index``, or each rank's): wait for other processes to leave it; refuse
+    or flag if they do not."""
     if index is None or state["playbook"]["device"] == "cpu":
         return None
+    checks = [_check_gpu(state, trial_dir, i) for i in (index if isinstance(index, list) else [index])]
+    return {"shared": any(c["shared"] for c in checks), "before": "; ".join(c["before"] for c in checks)}
+
+
+def _check_gpu(state: AgentState, trial_dir: Path, index: int) -> dict:
     rule = state["playbook"]["busy_gpu"]
     others, seen = contention.wait_for_gpu(index, rule["wait_s"])
     if others and rule["then"] == "refuse":

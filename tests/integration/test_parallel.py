@@ -99,7 +99,14 @@ def test_heads_the_split_does_not_divide_fail_the_trial_with_the_reason(model, t
     assert outcome["session"]["exit_code"] != 0
 
 
-def test_more_ranks_than_gpus_is_refused_at_planning():
-    hardware = {"gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "uuid": "GPU-0"}]}
-    said = capabilities.cannot_run(Knobs(ulysses=2), hardware, "cuda")
-    assert said is not None and "ulysses=2 splits the work over 2 GPUs; this machine has 1" in said
+def test_more_ranks_than_gpus_is_refused_at_planning(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    hardware = {"gpus": [h100 | {"index": i, "uuid": f"GPU-{i}"} for i in range(2)]}
+    assert capabilities.cannot_run(Knobs(ulysses=2), hardware, "cuda") is None
+    assert capabilities.cannot_run(Knobs(cfg_parallel=True), hardware, "cuda") is None
+    said = capabilities.cannot_run(Knobs(ulysses=4), hardware, "cuda")
+    assert said is not None and "ulysses=4 splits the work over 4 GPUs; this machine shows 2" in said
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # one of the two shown to trials
+    said = capabilities.cannot_run(Knobs(cfg_parallel=True), hardware, "cuda")
+    assert said is not None and "cfg_parallel splits the work over 2 GPUs; this machine shows 1" in said

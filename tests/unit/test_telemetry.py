@@ -43,3 +43,17 @@ def test_sharing_is_read_from_the_agents_samples_and_the_workers_record():
     unwatched = {"telemetry": {"note": "trial finished while the agent was not watching"}}
     unwatched["result"] = {"gpu_sharing": {"others": [{"pid": 7, "name": "python3", "used_GiB": 1.5}]}}
     assert _shared_during(unwatched) == "the worker saw pid 7 (python3, 1.5 GiB)"
+
+
+def test_several_gpus_are_watched_as_one_trial():
+    from agent.telemetry import combine
+
+    a = {"power_W": 300.0, "energy_J": 10.0, "gpu_mem_used_GiB": 40.0, "temperature_C": 60, "gpu_util_pct": 100,
+         "sm_clock_MHz": 1980, "throttle_reasons": 0x4}  # fmt: skip
+    b = {"power_W": 250.0, "energy_J": 8.0, "gpu_mem_used_GiB": 42.0, "temperature_C": 65, "gpu_util_pct": 80,
+         "sm_clock_MHz": 1800, "throttle_reasons": 0x40}  # fmt: skip
+    row = combine([a, b])
+    assert row["power_W"] == 550.0 and row["energy_J"] == 18.0  # the trial's power and energy: both GPUs'
+    assert row["gpu_mem_used_GiB"] == 42.0 and row["temperature_C"] == 65  # the GPU that limits it
+    assert row["gpu_util_pct"] == 90 and row["sm_clock_MHz"] == 1890 and row["throttle_reasons"] == 0x44
+    assert "power_W" not in combine([a, {k: v for k, v in b.items() if k != "power_W"}])  # half a figure: not one
