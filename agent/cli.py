@@ -87,7 +87,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_rebench(args) -> int:
-    """A run judged against the previous best of this hardware; the verdict to rebench-latest.json and a webhook."""
+    """A run judged against the previous best of this hardware; the verdict to rebench-latest.json and a webhook,
+    whatever ends the run (a failure to start, a crash, a stop: then the verdict is `run failed`, with the error)."""
     config = rebench.load_config(Path(args.config)) if args.config else rebench.Config(
         playbook=args.playbook, source=args.source, webhook_url=rebench.webhook_from(args.webhook_url_file))  # fmt: skip
     args.runs_dir, args.playbook, args.source, args.prompt = (
@@ -96,12 +97,15 @@ def cmd_rebench(args) -> int:
         config.source,
         None,
     )
-    run_id, runs_dir, _ = _start(args)
-    print(run_id, flush=True)
+    runs_dir, run_id = _runs_dir(args), ""
     try:
+        run_id, runs_dir, _ = _start(args)
+        print(run_id, flush=True)
         state = _drive(run_id, runs_dir)
-    except RunStopped as err:
-        rebench.publish(runs_dir, rebench.verdict(runs_dir, run_id, {"status": "stopped", "error": str(err)}), config.webhook_url)
+    except BaseException as err:
+        failed = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        rebench.publish(runs_dir, rebench.verdict(runs_dir, run_id, failed), config.webhook_url)
         raise
     result = rebench.publish(runs_dir, rebench.verdict(runs_dir, run_id, state), config.webhook_url)
     against = f" against run {result['previous']}" if result["previous"] else ""
@@ -111,6 +115,8 @@ def cmd_rebench(args) -> int:
 
 def cmd_serve(args) -> int:
     from agent.serve import server
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn stops on it and re-raises it: not a run to resume
 
     runs_dir = _runs_dir(args)
     if args.run == "best":  # the newest converged run of this machine's hardware

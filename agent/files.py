@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,12 +60,17 @@ def check_room(directory: Path, need_bytes: int) -> None:
         raise
 
 
+def _writer() -> str:
+    """A temporary name of this writer's own: two processes or threads writing one file never share a temporary."""
+    return f"{os.getpid()}-{threading.get_ident() % 10**6}-{secrets.token_hex(2)}"
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling of ``path`` to write (same suffix, for writers that pick a format by it); once the block
     ends it is fsynced and renamed over ``path``, so a reader sees the whole file or none; on an error it is removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{_writer()}.tmp{path.suffix}")
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -76,13 +83,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary sibling, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -93,7 +93,9 @@ def rebuild(runs_dir: Path) -> list[dict]:
 
 
 def _same_work(entry: dict, book: Playbook) -> bool:
-    return entry["playbook"] == book.name and entry["clip"] == {k: getattr(book.workload, k) for k in SAME_CLIP}
+    """The same clip of the same playbook from the same model (synthetic weights are never judged against real ones)."""
+    clip = {k: getattr(book.workload, k) for k in SAME_CLIP}
+    return entry["playbook"] == book.name and entry["clip"] == clip and entry["model"] == book.model.source
 
 
 def previous(entries: list[dict], fingerprint: str, book: Playbook, before: str) -> dict | None:
@@ -158,8 +160,8 @@ def compare_with_previous(runs_dir: Path, run_id: str, book: Playbook) -> dict |
         return None
     try:
         report = compare.compare(compare.load(runs_dir, before["run_id"]), compare.load(runs_dir, run_id))
-    except compare.CannotCompare as err:
+    except Exception as err:  # noqa: BLE001 (an old or damaged record: said, never a crash of the run's end)
         logger.warning("not compared with run %s: %s", before["run_id"], err)
-        return None
+        report = {"a": before["run_id"], "b": run_id, "error": f"{type(err).__name__}: {err}"}
     write_json_atomic(runs_dir / run_id / COMPARISON_FILE, report)
     return report

@@ -7,6 +7,7 @@ scheme and host are ever logged or written.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 LATEST_FILE = "rebench-latest.json"
 WEBHOOK_ENV = "WAN_AGENT_WEBHOOK_URL"
-FAILING = ("regression", "run failed")  # the verdicts that exit 1
+FAILING = ("regression", "run failed", "not compared")  # the verdicts that exit 1
 
 
 class RebenchError(ValueError):
@@ -81,43 +82,47 @@ def redacted(url: str) -> str:
 
 def verdict(runs_dir: Path, run_id: str, state: dict) -> dict:
     """The outcome of a rebench run: converged or not, and against the previous best of this hardware."""
-    run_dir = runs_dir / run_id
-    comparison = read_json(run_dir / COMPARISON_FILE) if state.get("status") == "converged" else None
+    run_dir = runs_dir / run_id if run_id else None  # none when the run could not even start
+    comparison = read_json(run_dir / COMPARISON_FILE) if run_dir and state.get("status") == "converged" else None
     if state.get("status") != "converged":
         said = "run failed"
     elif comparison is None:
         said = "first run of this hardware"
+    elif "error" in comparison:  # there was an earlier run, and comparing with it failed: never a silent pass
+        said = "not compared"
     else:
         said = "regression" if comparison["regressions"] else "no regression"
-    record = read_json(run_dir / "run.json") or {}
+    record = (read_json(run_dir / "run.json") if run_dir else None) or {}
     return {
-        "run_id": run_id,
+        "run_id": run_id or None,
         "finished_at": round(time.time(), 3),
         "verdict": said,
         "status": state.get("status"),
         **({"error": state["error"]} if state.get("error") else {}),
         "hardware_fingerprint": (record.get("hardware") or {}).get("fingerprint"),
         "playbook": (record.get("playbook") or {}).get("name"),
-        "previous": comparison["a"] if comparison else None,
-        "regressions": comparison["regressions"] if comparison else [],
-        "converged": comparison["converged"] if comparison else None,
-        "differences": comparison["differences"] if comparison else [],
-        "journal": str(run_dir / "journal.md"),
-        "report": str(run_dir / "report.html"),
+        "previous": (comparison or {}).get("a"),
+        "regressions": (comparison or {}).get("regressions", []),
+        "converged": (comparison or {}).get("converged"),
+        "differences": (comparison or {}).get("differences", []),
+        **({"comparison_error": comparison["error"]} if comparison and "error" in comparison else {}),
+        "journal": str(run_dir / "journal.md") if run_dir else None,
+        "report": str(run_dir / "report.html") if run_dir else None,
     }
 
 
 def post(url: str, result: dict, timeout_s: float = 10.0) -> dict:
     """POST the verdict as JSON; what happened, with the URL redacted. A webhook that fails never fails the rebench."""
-    where = redacted(url)
-    request = urllib.request.Request(url, data=json.dumps(result).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "wan-agent"})  # fmt: skip
+    where = "the webhook"
     try:
+        where = redacted(url)
+        request = urllib.request.Request(url, data=json.dumps(result).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "User-Agent": "wan-agent"})  # fmt: skip
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             outcome = {"to": where, "status": response.status}
     except urllib.error.HTTPError as err:
         outcome = {"to": where, "status": err.code, "error": f"HTTP {err.code}"}
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         outcome = {"to": where, "error": type(err).__name__}  # the reason may quote the URL
     if "error" in outcome:
         logger.warning("webhook %s: %s; the verdict is in %s", where, outcome["error"], LATEST_FILE)

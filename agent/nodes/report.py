@@ -54,6 +54,9 @@ def _compare_with_previous(state: AgentState, runtime: Runtime[RunContext], log:
     found = history.compare_with_previous(runtime.context.runs_dir, state["run_id"], Playbook.model_validate(state["playbook"]))
     if found is None:
         return
+    if "error" in found:
+        log.record("compared", key="compared", a=found["a"], error=found["error"])
+        return
     said = ", ".join(found["regressions"]) or "none"
     logger.info("against the previous best of this hardware (run %s): regressions beyond noise: %s", found["a"], said)
     keep = ("a", "converged", "regressions", "differences", "min_gain")

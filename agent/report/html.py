@@ -73,7 +73,7 @@ def _trial(event: dict, run_dir: Path) -> dict:
 def _comparison(run_dir: Path) -> dict | None:
     """The run against the previous best of its hardware, with each row's figures in words."""
     found = read_json(run_dir / COMPARISON_FILE)
-    if not found:
+    if not found or "error" in found:  # the journal says why it was not compared
         return None
     rows = [*found["rungs"], *([found["converged"]] if found.get("converged") else [])]
     return found | {"rows": rows, "bar": f"{100 * found['min_gain']:g} %"}

@@ -9,13 +9,13 @@ server's API key never reaches it); its log is ``serve/worker.log`` in the run d
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from agent import runs, tmux, trials
 from agent.files import read_json, write_text_atomic
+from agent.runtime import parallel
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +32,7 @@ MAX_PROMPT_CHARS = 2000  # UMT5 reads 512 tokens; a longer prompt is cut, so it 
 MAX_SIDE = 1280  # Wan2.2's largest trained size (720p), either orientation
 MAX_FRAMES = 241  # agent.runtime.config.Workload's bound
 STOP_GRACE_S = 10.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent() -> None:
-    """In the worker, before it runs: the kernel kills it when the server's thread that started it is gone (a server
-    killed with -9 leaves no worker holding the GPU)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+PARENT_ENV = "WAN_AGENT_SERVE_PARENT"
 
 
 class QueueFull(Exception):
@@ -70,7 +64,11 @@ class Engine:
     def __init__(self, run_dir: Path, on_event: Callable[[dict], None], queue_size: int = 8):
         self.run_dir, self.on_event, self.queue_size = run_dir, on_event, queue_size
         self.folder = run_dir / "serve"
-        self.config, _ = runs.converged_config(run_dir.name, run_dir.parent, None, self.folder / "worker")
+        config, book = runs.converged_config(run_dir.name, run_dir.parent, None, self.folder / "worker")
+        # One worker process on one GPU: a configuration converged over several ranks is served on one, as said.
+        self.served_on_one = parallel.world_size(config.knobs) > 1
+        knobs = config.knobs.model_copy(update={"ulysses": 1, "cfg_parallel": False})
+        self.config = config.model_copy(update={"knobs": knobs})
         self.config_file = self.folder / "worker" / "serve-config.json"
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config_file, self.config.model_dump_json(indent=1))
@@ -84,6 +82,8 @@ class Engine:
         self._proc: subprocess.Popen | None = None
         self._ready, self._why, self._stopping = False, "starting: the worker has not been started", False
         self._gave_up, self._load_error = False, ""
+        self._restarts, self._last_report, self._stalled = 0, time.monotonic(), ""
+        self.idle_timeout_s = float(book["timeouts"]["idle_timeout_s"])
 
     def defaults(self) -> dict:
         work, knobs = self.config.workload, self.config.knobs
@@ -99,6 +99,21 @@ class Engine:
 
     def start(self) -> None:
         threading.Thread(target=self._supervise, name="serve-worker", daemon=True).start()
+        threading.Thread(target=self._watch, name="serve-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        """A job with no report for the playbook's idle timeout (a hung kernel, a stuck encoder) ends the worker: the
+        crash path fails the job with the reason and starts another worker."""
+        while not self._stopping:
+            time.sleep(min(5.0, self.idle_timeout_s / 4))
+            with self._lock:
+                proc, silent = self._proc, time.monotonic() - self._last_report
+                stalled = self._running is not None and silent > self.idle_timeout_s and proc is not None
+                if stalled:
+                    self._stalled = f"no progress for {silent:.0f} s (idle timeout {self.idle_timeout_s:.0f} s): worker stopped"
+            if stalled and proc is not None and proc.poll() is None:
+                logger.error("serve worker: %s", self._stalled)
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def ready(self) -> tuple[bool, str]:
         with self._lock:
@@ -146,13 +161,13 @@ class Engine:
         env = {k: v for k, v in os.environ.items() if tmux.passed(k)} | self.runtime_vars
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(trials.PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.run_dir / "inductor-cache"))  # the run's compiled kernels
+        env[PARENT_ENV] = str(os.getpid())  # the worker dies with this server (agent/serve/worker.py)
         with open(self.folder / "worker.log", "ab") as log:
             return subprocess.Popen([self.python, "-m", "agent.serve.worker", str(self.config_file)], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=log, env=env, cwd=trials.PROJECT_ROOT, text=True,
-                                    start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+                                    start_new_session=True)  # fmt: skip
 
     def _supervise(self) -> None:
-        restarts = 0
         while True:
             with self._lock:
                 if self._stopping:
@@ -161,15 +176,23 @@ class Engine:
                 self._why = f"loading: {self.config.knobs.describe()} (worker pid {proc.pid}; log {self.folder / 'worker.log'})"
             was_ready = False
             assert proc.stdout is not None
-            for line in proc.stdout:
-                was_ready |= self._handle(line)
+            try:
+                for line in proc.stdout:
+                    try:
+                        was_ready |= self._handle(line)
+                    except Exception:  # a report it cannot use, a listener that failed: the worker goes on
+                        logger.exception("serve worker report not handled: %.200s", line)
+            finally:  # whatever ends the reading, the worker is gone or must go: the crash path below runs
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
             with self._lock:
                 self._ready, cut = False, self._running
                 self._running = None
                 if self._stopping:
                     return
-                restarts += was_ready
+                self._restarts += was_ready
+                restarts = self._restarts
                 give_up = self._gave_up = not was_ready or restarts > MAX_RESTARTS
                 if not was_ready and self._load_error:
                     self._why = f"failed: the worker could not load the configuration: {self._load_error}"
@@ -182,8 +205,9 @@ class Engine:
                 elif was_ready:
                     self._why = f"restarting: the worker exited with code {code}"
             if cut is not None:
-                self.on_event({"job": cut, "status": "failed", "code": "worker_crashed",
-                               "message": f"the GPU worker exited (code {code}) during this generation"})  # fmt: skip
+                why = self._stalled or f"the GPU worker exited (code {code}) during this generation"
+                self.on_event({"job": cut, "status": "failed", "code": "worker_crashed", "message": why})
+            self._stalled = ""
             logger.warning("serve worker exited with code %s; %s", code, self.ready()[1])
             if give_up:  # nothing will run what waits: each job says why rather than waiting for ever
                 with self._lock:
@@ -198,6 +222,8 @@ class Engine:
         try:
             event = json.loads(line)
         except ValueError:
+            event = None
+        if not isinstance(event, dict):
             logger.warning("serve worker wrote a line that is not a report: %.200s", line)
             return False
         kind = event.pop("event", None)
@@ -206,6 +232,8 @@ class Engine:
                 self._ready = True
                 self._why = (f"ready: {event['label']} on {event['device']} (loaded in {event['load_s']:.1f} s, "
                              f"warm-up clip {event['warmup_s']:.1f} s)")  # fmt: skip
+                if self.served_on_one:
+                    self._why += "; the run converged over several GPUs, served here on one worker"
             logger.info("serve worker %s", self._why)
             self._dispatch()
             return True
@@ -214,6 +242,11 @@ class Engine:
                 self._load_error = event["message"]
             return False
         if kind in ("progress", "completed", "failed"):
+            if not isinstance(event.get("job"), str):
+                raise ValueError(f"a {kind} report names no job")
+            self._last_report = time.monotonic()
+            if kind == "completed":
+                self._restarts = 0  # a worker that generates again has recovered: only crashes in a row count
             status = {"progress": "in_progress"}.get(kind, kind)
             self.on_event({"status": status, **event})
             if kind != "progress":
@@ -228,7 +261,7 @@ class Engine:
             if not self._ready or self._running is not None or not self._waiting or self._proc is None:
                 return
             job = self._waiting.popleft()
-            self._running = job.id
+            self._running, self._last_report = job.id, time.monotonic()
             proc = self._proc
         self.on_event({"job": job.id, "status": "in_progress", "progress": 0})
         try:

@@ -177,7 +177,7 @@ def _frames(req: VideoCreate, fps: int, defaults: dict) -> int:
             raise bad_request(f"{asked} is not 4n+1 (try {max(lower, 1)} or {lower + 4}); at most {most}", param)
     elif req.seconds is not None:
         # The nearest 4n+1 frames to the duration asked; the response's ``seconds`` says what is made.
-        frames, param = 4 * round(req.seconds * fps / 4) + 1, "seconds"
+        frames, param = 4 * round(min(req.seconds * fps, 4.0 * most) / 4) + 1, "seconds"  # bounded: no overflow
         asked = f"seconds {req.seconds:g} at {fps} fps ({frames} frames)"
     else:
         return int(defaults["frames"])

@@ -24,6 +24,8 @@ from agent.files import atomic_path
 from agent.runtime.config import TrialConfig, Workload
 
 logger = logging.getLogger("agent.serve.worker")
+PARENT_ENV = "WAN_AGENT_SERVE_PARENT"  # the server's pid (agent/serve/engine.py)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Reporter:
@@ -110,12 +112,40 @@ def serve(base: TrialConfig, report: Reporter) -> int:
         except Exception as err:  # noqa: BLE001 (the job fails, the worker goes on serving)
             logger.error("job %s failed: %s", job["id"], traceback.format_exc()[-2000:])
             report("failed", job=job["id"], code="generation_failed", message=f"{type(err).__name__}: {err}"[:500])
+            if not healthy(device):  # the server starts another worker
+                logger.error("the GPU context is broken after job %s: exiting", job["id"])
+                return 1
             continue
         report("completed", job=job["id"], generate_s=round(seconds, 3))
     return 0
 
 
+def die_with_parent() -> None:
+    """The kernel kills this worker when the server's thread that started it is gone (a server killed with -9 leaves
+    no worker holding the GPU); a server already gone before this ran is seen through the parent's pid."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    expected = os.environ.get(PARENT_ENV)
+    if expected and os.getppid() != int(expected):
+        sys.exit(1)
+
+
+def healthy(device) -> bool:
+    """Whether the GPU still runs work after a failed job (an illegal address or a device assert stays sticky)."""
+    import torch
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return True
+    except Exception:  # noqa: BLE001 (any error here means the context is gone)
+        return False
+
+
 def main(argv: list[str]) -> int:
+    die_with_parent()
     report = Reporter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     if len(argv) != 2:

@@ -104,3 +104,5 @@ def test_rebench_config_errors_are_named(tmp_path):
     config.write_text(f"playbook: nosuch-playbook\nruns_dir: {tmp_path / 'runs'}\n")
     done = wan_agent("rebench", "--config", str(config), runs_dir=tmp_path / "elsewhere")
     assert done.returncode == 2 and "nosuch-playbook" in done.stderr
+    latest = json.loads((tmp_path / "runs" / "rebench-latest.json").read_text())  # a run that cannot start: said so
+    assert latest["verdict"] == "run failed" and latest["run_id"] is None and "nosuch-playbook" in latest["error"]

@@ -66,15 +66,16 @@ def test_an_expert_at_guidance_one_skips_its_unconditional_forward(model, tmp_pa
 
 @pytest.mark.parametrize("knobs", [{"steps": 12}, {"steps": 4, "guidance_scale": 1.0, "guidance_scale_2": 1.0}])
 def test_a_full_clip_lands_within_the_probes_stated_error(model, tmp_path, knobs, one_thread):
-    # The tiny playbook's tolerance: the pipeline's ~3 ms set-up of a clip is ~10 % of a tiny clip.
+    # What the probe leaves out is fixed per clip: the pipeline's set-up (~3 ms) and its return after the last step
+    # (counted in the clip since after_steps_s), together 10-15 % of a 50 ms tiny clip; at full size they vanish.
     cfg = config(model, tmp_path, precision="bf16", **knobs)
     pipe, _, _ = pipeline.build(cfg, CPU)
     positive, negative, _ = encode(pipe, cfg, CPU)
     report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)
     predicted = statistics.median(report["clip_samples_s"])
-    error = probe.prediction_error(report["clip_samples_s"], tolerance=0.15)
+    error = probe.prediction_error(report["clip_samples_s"], tolerance=0.25)
     generate(pipe, cfg, CPU, lambda *_: None)  # warm-up, as full mode does
-    clips = [generate(pipe, cfg, CPU, lambda *_: None) for _ in range(3)]
+    clips = [generate(pipe, cfg, CPU, lambda *_: None) for _ in range(5)]
     assert report["steps"] == {name: clips[0].step_expert.count(name) for name in ("transformer", "transformer_2")}
     measured = statistics.median(c.total_s for c in clips)
     assert abs(measured - predicted) / predicted <= error, (measured, predicted, error)

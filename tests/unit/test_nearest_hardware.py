@@ -11,6 +11,7 @@ H100 = {"gpu": "NVIDIA H100 80GB HBM3", "gpus": 1, "memory_GiB": 79.6, "driver_m
 def entry(run_id: str, fingerprint: str, book, **features) -> dict:
     return {"run_id": run_id, "started_at": 1.0, "fingerprint": fingerprint, "features": H100 | features,
             "playbook": book.name, "clip": {k: getattr(book.workload, k) for k in history.SAME_CLIP},
+            "model": book.model.source,
             "knobs": book.baseline.model_dump() | {"fp8": "torchao_row", "compile": "regional"}, "generate_s": 10.0}  # fmt: skip
 
 
@@ -23,6 +24,8 @@ def test_the_same_gpu_model_is_nearer_than_the_same_versions():
     assert found[1] == ["driver major 570 -> 580", "torch 2.9.1 -> 2.11.0", "GPU memory 79.6 -> 79.1 GiB"]
     # A machine with converged runs of its own is known hardware: no seed.
     assert history.nearest([h200, entry("c", "this", book)], "this", H100, book) is None
+    # A run of synthetic weights does not stand for the real model's (nor the other way round).
+    assert history.nearest([h100_old | {"model": "synthetic:a14b"}], "this", H100, book) is None
     # Another playbook's runs are not comparable work.
     assert history.nearest([entry("d", "x", load("tiny"))], "this", H100, book) is None
 
