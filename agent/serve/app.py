@@ -156,7 +156,7 @@ def create_app(engine: Engine, store: JobStore, api_key: str | None, poll_after_
 
     @v1.post("/videos")
     async def create_video(request: Request) -> JSONResponse:
-        clip = protocol.parse_create(await _fields(request), defaults)
+        clip = protocol.parse_create(await _fields(request), engine.defaults())  # the sides' multiple, once loaded
         job = await run_in_threadpool(submit, clip)
         return JSONResponse(protocol.video_object(job), headers=poll_header)
 

@@ -31,6 +31,7 @@ MAX_RESTARTS = 3
 MAX_PROMPT_CHARS = 2000  # UMT5 reads 512 tokens; a longer prompt is cut, so it is refused instead
 MAX_SIDE = 1280  # Wan2.2's largest trained size (720p), either orientation
 MAX_FRAMES = 241  # agent.runtime.config.Workload's bound
+MAX_PIXELS = 1280 * 720  # the largest trained frame
 STOP_GRACE_S = 10.0
 PARENT_ENV = "WAN_AGENT_SERVE_PARENT"
 
@@ -83,6 +84,7 @@ class Engine:
         self._ready, self._why, self._stopping = False, "starting: the worker has not been started", False
         self._gave_up, self._load_error = False, ""
         self._restarts, self._last_report, self._stalled = 0, time.monotonic(), ""
+        self._multiple = 16
         self.idle_timeout_s = float(book["timeouts"]["idle_timeout_s"])
 
     def defaults(self) -> dict:
@@ -95,6 +97,8 @@ class Engine:
             "max_width": max(MAX_SIDE, work.width),
             "max_height": max(MAX_SIDE, work.height),
             "max_frames": MAX_FRAMES,
+            "max_pixels": max(MAX_PIXELS, work.width * work.height),
+            "multiple": self._multiple,  # 16 until the worker says (the 5B's VAE and patch make it 32)
         }
 
     def start(self) -> None:
@@ -229,7 +233,7 @@ class Engine:
         kind = event.pop("event", None)
         if kind == "ready":
             with self._lock:
-                self._ready = True
+                self._ready, self._multiple = True, int(event.get("multiple", 16))
                 self._why = (f"ready: {event['label']} on {event['device']} (loaded in {event['load_s']:.1f} s, "
                              f"warm-up clip {event['warmup_s']:.1f} s)")  # fmt: skip
                 if self.served_on_one:

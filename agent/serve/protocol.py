@@ -144,27 +144,31 @@ def parse_create(fields: dict[str, Any], defaults: dict) -> Clip:
     )
 
 
-def _multiple_of_16(value: int) -> str | None:
-    if value % 16 == 0:
+def _multiple_of(value: int, step: int) -> str | None:
+    if value % step == 0:
         return None
-    lower = value - value % 16
-    return f"a multiple of 16 (got {value}; try {lower or 16} or {lower + 16})"
+    lower = value - value % step
+    return f"a multiple of {step} (got {value}; try {lower or step} or {lower + step})"
 
 
 def _size(size: str | None, defaults: dict) -> tuple[int, int]:
     if size is None:
         return int(defaults["width"]), int(defaults["height"])
-    allowed = f"sizes up to {defaults['max_width']}x{defaults['max_height']}, each side a multiple of 16"
+    step, pixels = int(defaults.get("multiple", 16)), int(defaults["max_pixels"])
+    allowed = (f"sizes up to {defaults['max_width']}x{defaults['max_height']} and {pixels} pixels (720p), each side a "
+               f"multiple of {step}")  # fmt: skip
     found = SIZE.match(size)
     if not found:
         raise bad_request(f"size {size!r} is not WIDTHxHEIGHT (e.g. {defaults['width']}x{defaults['height']}); {allowed}",
                           "size")  # fmt: skip
     width, height = int(found[1]), int(found[2])
     for side, value, most in (("width", width, defaults["max_width"]), ("height", height, defaults["max_height"])):
-        if problem := _multiple_of_16(value):
+        if problem := _multiple_of(value, step):
             raise bad_request(f"size {size}: {side} must be {problem}; {allowed}", "size")
-        if not 16 <= value <= most:
+        if not step <= value <= most:
             raise bad_request(f"size {size}: {side} {value} is out of range; {allowed}", "size")
+    if width * height > pixels:
+        raise bad_request(f"size {size}: {width * height} pixels; {allowed}", "size")
     return width, height
 
 

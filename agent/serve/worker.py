@@ -40,6 +40,12 @@ class Reporter:
         self._out.write(json.dumps({"event": event, **fields}) + "\n")
 
 
+def spatial_multiple(pipe) -> int:
+    """What a frame's sides must be a multiple of: the VAE's spatial factor times the DiT's patch (16; 32 for the 5B)."""
+    patch = pipe.transformer.config.patch_size[1] if getattr(pipe, "transformer", None) is not None else 2
+    return int(getattr(pipe, "vae_scale_factor_spatial", 8) * patch)
+
+
 def job_config(base: TrialConfig, job: dict) -> TrialConfig:
     """The run's best configuration with the job's workload and the settings a request may change."""
     work = base.workload.model_dump() | {k: job[k] for k in ("prompt", "width", "height", "frames", "fps", "seed")}
@@ -75,6 +81,9 @@ def generate(pipe, config: TrialConfig, device, output: Path, progress: Callable
     def on_step(index: int, total: int, expert: str, seconds: float) -> None:
         progress(progress=min(99, int(100 * (index + 1) / (total + 1))))
 
+    step, work = spatial_multiple(pipe), config.workload
+    if work.width % step or work.height % step:  # never rounded behind the client's back, as the pipeline would
+        raise ValueError(f"this model makes frames whose sides are multiples of {step}: {work.width}x{work.height} is not")
     t0 = time.perf_counter()
     _set_shift(pipe, config.knobs.flow_shift)
     clip = run_clip(pipe, config, device, on_step)
@@ -103,7 +112,7 @@ def serve(base: TrialConfig, report: Reporter) -> int:
         report("load_failed", message=f"{type(err).__name__}: {err}")
         return 1
     report("ready", load_s=round(load_s, 3), warmup_s=round(warmup_s, 3), device=str(device), offload=setup.get("offload"),
-           label=base.knobs.describe())  # fmt: skip
+           label=base.knobs.describe(), multiple=spatial_multiple(pipe))  # fmt: skip
     for line in sys.stdin:
         job = json.loads(line)
         try:

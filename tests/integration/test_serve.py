@@ -30,7 +30,8 @@ QUEUE_SIZE = 2
 POLL_MS = 100
 DEFAULTS = {"model": "synthetic:tiny", "width": 64, "height": 48, "frames": 9, "fps": 16, "seed": 42,
             "negative_prompt": "blurry", "steps": 4, "guidance_scale": 1.0, "guidance_scale_2": 1.0, "flow_shift": 5.0,
-            "max_prompt_chars": 2000, "max_width": 1280, "max_height": 1280, "max_frames": 241}  # fmt: skip
+            "max_prompt_chars": 2000, "max_width": 1280, "max_height": 1280, "max_frames": 241, "max_pixels": 921600,
+            "multiple": 16}  # fmt: skip
 
 
 # Request checking, no server
@@ -53,6 +54,8 @@ def test_a_form_request_resolves_against_the_converged_run():
     [
         ({"size": "100x64"}, "size", "width must be a multiple of 16 (got 100; try 96 or 112)"),
         ({"size": "2048x1280"}, "size", "sizes up to 1280x1280"),
+        ({"size": "1280x1280"}, "size", "1638400 pixels; sizes up to 1280x1280 and 921600 pixels (720p)"),
+        ({"size": "848x480", "multiple": 32}, "size", "width must be a multiple of 32 (got 848; try 832 or 864)"),
         ({"size": "big"}, "size", "not WIDTHxHEIGHT"),
         ({"num_frames": "10"}, "num_frames", "not 4n+1 (try 9 or 13)"),
         ({"num_frames": "245"}, "num_frames", "241 frames allowed"),
@@ -68,8 +71,9 @@ def test_a_form_request_resolves_against_the_converged_run():
     ],
 )
 def test_a_bad_request_says_what_is_allowed(fields, param, said):
+    step = fields.pop("multiple", 16)  # the 5B's VAE and patch: 32
     with pytest.raises(ApiError) as err:
-        protocol.parse_create({"prompt": "a cat"} | fields, DEFAULTS)
+        protocol.parse_create({"prompt": "a cat"} | fields, DEFAULTS | {"multiple": step})
     assert err.value.status == 400 and err.value.param == param and said in err.value.message
     assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
 
