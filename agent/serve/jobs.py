@@ -41,8 +41,8 @@ def new_id() -> str:
 
 
 class JobStore:
-    """Jobs by id, persisted under ``folder``. ``retention_s`` only sets the ``expires_at`` reported: nothing is
-    removed when it passes (DELETE removes a video)."""
+    """Jobs by id, persisted under ``folder``. ``retention_s`` sets each job's ``expires_at``: a finished job past it
+    is removed with its video when the store loads and whenever a job is added (DELETE removes one at once)."""
 
     def __init__(self, folder: Path, retention_s: int = RETENTION_S):
         self.folder, self.retention_s = Path(folder), retention_s
@@ -69,6 +69,7 @@ class JobStore:
         job = {"id": job_id, "created": now, "created_at": int(now), "completed_at": None,
                "expires_at": int(now) + self.retention_s, "status": "queued", "progress": 0, "error": None, **fields}  # fmt: skip
         with self._lock:
+            self._sweep(now)
             self._jobs[job_id] = job
             self._save(job)
             return dict(job)
@@ -147,6 +148,14 @@ class JobStore:
         with self._lock:
             self._remove(job_id)
 
+    def _sweep(self, now: float) -> None:
+        """Remove the finished jobs whose retention has passed, and their videos."""
+        expired = [j["id"] for j in self._jobs.values() if j["status"] in FINISHED and j["expires_at"] <= now]
+        for job_id in expired:
+            self._remove(job_id)
+        if expired:
+            logger.info("removed %d expired jobs and their videos", len(expired))
+
     def _save(self, job: dict) -> None:
         write_json_atomic(self.jobs_dir / f"{job['id']}.json", job)
 
@@ -171,5 +180,6 @@ class JobStore:
                 job |= {"status": "failed", "completed_at": int(time.time()),
                         "error": {"code": "server_restarted", "message": RESTARTED[job["status"]]}}  # fmt: skip
                 self._save(job)
+        self._sweep(time.time())
         if self._jobs:
             logger.info("%d jobs from %s: %s", len(self._jobs), self.jobs_dir, self.counts())

@@ -101,6 +101,19 @@ def test_progress_never_goes_down_and_a_finished_job_stays_finished(tmp_path):
     store.on_event({"job": new_id(), "status": "completed"})  # unknown (deleted) jobs are passed over
 
 
+def test_a_finished_job_past_its_retention_goes_with_its_video(tmp_path):
+    store = JobStore(tmp_path, retention_s=0)
+    done, running = _job(store), _job(store)
+    store.video_path(done).write_bytes(b"\0\0\0\x18ftypisom")
+    store.on_event({"job": done, "status": "completed", "generate_s": 1.0})
+    store.on_event({"job": running, "status": "in_progress", "progress": 10})
+    later = _job(store)  # adding a job sweeps the expired ones
+    assert store.get(done) is None and not store.video_path(done).exists() and not (tmp_path / "jobs" / f"{done}.json").exists()
+    assert store.get(running)["status"] == "in_progress" and store.get(later)["status"] == "queued"  # unfinished: kept
+    again = JobStore(tmp_path)  # a restart finishes the cut jobs (failed), whose retention (0 s) has passed too
+    assert again.get(running) is None and again.get(later) is None and not list((tmp_path / "jobs").iterdir())
+
+
 def test_a_restart_keeps_finished_videos_and_fails_what_was_cut_short(tmp_path):
     store = JobStore(tmp_path)
     done, running, waiting, failed, dropped = (_job(store) for _ in range(5))
