@@ -6,8 +6,6 @@ it on the trial's own shape, which the worker does.
 
 from __future__ import annotations
 
-import os
-
 from agent import gpu_map
 from agent.runtime import parallel
 from agent.runtime.config import Knobs
@@ -34,8 +32,7 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
     ranks, split = parallel.world_size(knobs), f"ulysses={knobs.ulysses}" if knobs.ulysses > 1 else "cfg_parallel"
     if ranks > 1 and gpus and gpu_map.rank_gpus(hardware, ranks) is None:
-        seen = len(gpu_map.nvml_indices(hardware.get("gpus", []), os.environ.get("CUDA_VISIBLE_DEVICES")) or [])
-        return f"{split} splits the work over {ranks} GPUs; this machine shows {seen} ({found})"
+        return f"{split} splits the work over {ranks} GPUs; this machine shows {len(gpu_map.visible(hardware) or [])} ({found})"
     if ranks > 1 and knobs.offload not in ("none", "auto"):
         return f"{split} with offload={knobs.offload}: each rank keeps its whole model on its own GPU"
     if knobs.offload in ("model", "group", "sequential") and not gpus:

@@ -33,17 +33,22 @@ def nvml_indices(gpus: list[dict], visible: str | None) -> list[int] | None:
     return found
 
 
+def visible(hardware: dict) -> list[int] | None:
+    """NVML indices of the GPUs a process started from this environment sees, in its CUDA order (None: MIG)."""
+    return nvml_indices(hardware.get("gpus", []), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
 def trial_gpu(hardware: dict) -> int | None:
     """The NVML index of the GPU a trial started from this environment computes on (its cuda:0); None when it sees
     no GPU or a MIG instance (nothing NVML can watch whole)."""
-    indices = nvml_indices(hardware.get("gpus", []), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    indices = visible(hardware)
     return indices[0] if indices else None
 
 
 def rank_gpus(hardware: dict, ranks: int) -> list[int] | None:
     """NVML indices of the GPUs a trial of ``ranks`` ranks computes on (rank r on its cuda:r), or None when this
     environment does not show that many whole GPUs."""
-    indices = nvml_indices(hardware.get("gpus", []), os.environ.get("CUDA_VISIBLE_DEVICES")) or []
+    indices = visible(hardware) or []
     return indices[:ranks] if len(indices) >= ranks else None
 
 
@@ -51,7 +56,7 @@ def trial_gpus(hardware: dict) -> list[dict]:
     """The GPU records that describe what a trial computes on: its cuda:0's, or every GPU of the machine when that
     is a MIG instance of one of them; empty when it sees none."""
     gpus = hardware.get("gpus", [])
-    indices = nvml_indices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    indices = visible(hardware)
     if indices is None:
         return gpus
     return [g for g in gpus if indices and g["index"] == indices[0]]

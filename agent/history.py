@@ -83,11 +83,16 @@ def _entry(best_file: Path) -> dict | None:
     }
 
 
-def rebuild(runs_dir: Path) -> list[dict]:
-    """Every converged run, newest first; written to ``runs_dir/index.json`` as well."""
+def converged(runs_dir: Path) -> list[dict]:
+    """Every converged run, newest first, read from the runs themselves."""
     if not runs_dir.is_dir():
         return []
-    entries = [e for f in sorted(runs_dir.glob("*/best.yaml"), reverse=True) if (e := _entry(f)) is not None]
+    return [e for f in sorted(runs_dir.glob("*/best.yaml"), reverse=True) if (e := _entry(f)) is not None]
+
+
+def rebuild(runs_dir: Path) -> list[dict]:
+    """``converged``, written to ``runs_dir/index.json`` as well (when a run has converged)."""
+    entries = converged(runs_dir)
     write_json_atomic(runs_dir / INDEX_FILE, {"runs": entries})
     return entries
 
@@ -138,7 +143,7 @@ def seed_rung(entry: dict, differs: list[str], book: Playbook) -> dict | None:
 
 def start_from(runs_dir: Path, book: Playbook, machine_record: dict) -> tuple[dict, dict] | None:
     """On new hardware, the rung that tries the nearest known machine's best first, and what the journal says of it."""
-    found = nearest(rebuild(runs_dir), machine_record["hardware"]["fingerprint"], features(machine_record), book)
+    found = nearest(converged(runs_dir), machine_record["hardware"]["fingerprint"], features(machine_record), book)
     if found is None:
         return None
     entry, differs = found

@@ -79,15 +79,20 @@ def runtime_env(environments: dict | None, runtime: str) -> dict[str, str]:
     return {CHECKOUT_ENV: code} if code and Path(code).is_dir() else {}
 
 
+def worker_env(run_dir: Path, runtime_vars: dict[str, str]) -> dict[str, str]:
+    """What a worker process needs set (a trial's, or `wan-agent serve`'s): this project importable, CUDA's GPU order
+    NVML's, and compiled kernels cached per run (unless TORCHINDUCTOR_CACHE_DIR says where), not in shared /tmp."""
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(run_dir / "inductor-cache")
+    return {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER,
+            **runtime_vars}  # fmt: skip
+
+
 def _start(session: str, trial_dir: Path, python: str, runtime_vars: dict[str, str]) -> None:
     forget(trial_dir)  # left by an attempt whose session was lost
-    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
     knobs = TrialConfig.model_validate_json((trial_dir / "trial.json").read_text()).knobs
     argv = [*parallel.launcher(python, knobs), str(trial_dir / "trial.json")]  # torchrun for a trial of several ranks
-    # Compiled kernels are cached per run (trial_dir sits in <run>/trials/ or <run>/generations/), not in shared /tmp.
-    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(trial_dir.parent.parent / "inductor-cache")
-    env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER}
-    env |= runtime_vars
+    env = worker_env(trial_dir.parent.parent, runtime_vars)  # trial_dir sits in <run>/trials/ or <run>/generations/
     tmux.start(session, argv, trial_dir, trial_dir / "stdout.log", trial_dir / "exit_code", extra_env=env)
 
 

@@ -84,11 +84,16 @@ def _fidelity(config: TrialConfig, out: Path) -> dict:
     return report
 
 
-def _save_clip(frames: np.ndarray, out: Path, fps: int) -> None:
+def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
+    """The clip as H.264 in an MP4, written whole or not at all (trials and `wan-agent serve` alike)."""
     import imageio.v2 as imageio
 
-    with atomic_path(out / "video.mp4") as video:
+    with atomic_path(path) as video:
         imageio.mimwrite(video, list(frames), fps=fps, quality=5, macro_block_size=16)  # type: ignore[arg-type]
+
+
+def _save_clip(frames: np.ndarray, out: Path, fps: int) -> None:
+    write_mp4(frames, out / "video.mp4", fps)
     with atomic_path(out / "frames.npy") as array:
         np.save(array, frames)
 

@@ -162,9 +162,7 @@ class Engine:
             proc.wait()
 
     def _launch(self) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if tmux.passed(k)} | self.runtime_vars
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(trials.PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.run_dir / "inductor-cache"))  # the run's compiled kernels
+        env = {k: v for k, v in os.environ.items() if tmux.passed(k)} | trials.worker_env(self.run_dir, self.runtime_vars)
         env[PARENT_ENV] = str(os.getpid())  # the worker dies with this server (agent/serve/worker.py)
         with open(self.folder / "worker.log", "ab") as log:
             return subprocess.Popen([self.python, "-m", "agent.serve.worker", str(self.config_file)], stdin=subprocess.PIPE,

@@ -20,7 +20,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.files import atomic_path
 from agent.runtime.config import TrialConfig, Workload
 
 logger = logging.getLogger("agent.serve.worker")
@@ -67,16 +66,10 @@ def _set_shift(pipe, shift: float) -> None:
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=shift)
 
 
-def _write_mp4(frames, path: Path, fps: int) -> None:
-    import imageio.v2 as imageio
-
-    with atomic_path(path) as video:
-        imageio.mimwrite(video, list(frames), fps=fps, quality=5, macro_block_size=16, format="FFMPEG")  # type: ignore[arg-type]
-
-
 def generate(pipe, config: TrialConfig, device, output: Path, progress: Callable[..., None]) -> float:
     """One job's clip, ``progress(progress=percent)`` after each denoising step (the decode is the last step); its seconds."""
     from agent.runtime.generate import generate as run_clip
+    from agent.runtime.worker import write_mp4
 
     def on_step(index: int, total: int, expert: str, seconds: float) -> None:
         progress(progress=min(99, int(100 * (index + 1) / (total + 1))))
@@ -89,7 +82,7 @@ def generate(pipe, config: TrialConfig, device, output: Path, progress: Callable
     clip = run_clip(pipe, config, device, on_step)
     if clip.nonfinite:
         raise RuntimeError(f"the clip came out with {clip.nonfinite} non-finite values")
-    _write_mp4(clip.frames, output, config.workload.fps)
+    write_mp4(clip.frames, output, config.workload.fps)
     return time.perf_counter() - t0
 
 
