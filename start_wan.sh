@@ -65,25 +65,27 @@ if [ ! -x .venv/bin/python ]; then
   echo "start_wan.sh: creating .venv with $(${PYTHON:-python3} --version)" >&2
   "${PYTHON:-python3}" -m venv .venv
 fi
-# FP8 compute (torchao, the fp8 rungs) where a GPU has FP8 tensor cores: compute capability 8.9 and up.
-fp8=0
+# Extras where the GPU runs them: FP8 compute (torchao, the fp8 rungs) from compute capability 8.9 (FP8 tensor cores);
+# FlashAttention-3 (fa3-fwd: the fa3-attention and fp8-attention rungs) on Hopper, compute capability 9.x.
 cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | sort -rn | head -1 || true)"
-if [ -n "$cap" ] && awk -v c="$cap" 'BEGIN { exit !(c + 0 >= 8.9) }'; then fp8=1; fi
+gpu_extras=()
+if [ -n "$cap" ] && awk -v c="$cap" 'BEGIN { exit !(c + 0 >= 8.9) }'; then gpu_extras+=(fp8); fi
+if [ -n "$cap" ] && awk -v c="$cap" 'BEGIN { exit !(c + 0 >= 9.0 && c + 0 < 10.0) }'; then gpu_extras+=(hopper); fi
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
-[ $fp8 = 1 ] && want="$want-fp8"
+for extra in "${gpu_extras[@]}"; do want="$want-$extra"; done
 have="$(cat .venv/.wan-agent-installed 2>/dev/null || true)"
 if [ "$have" != "$want-dev" ] && { [ $dev = 1 ] || [ "$have" != "$want" ]; }; then
   base="."; [ $dev = 1 ] && base=".[dev]"
-  spec="$base"
-  if [ $fp8 = 1 ]; then spec=".[fp8]"; [ $dev = 1 ] && spec=".[dev,fp8]"; fi
-  echo "start_wan.sh: installing wan-agent${spec#.} with pinned dependencies into .venv (first time: a few minutes)" >&2
+  echo "start_wan.sh: installing wan-agent${base#.} with pinned dependencies into .venv (first time: a few minutes)" >&2
   : > .venv/.wan-agent-skipped  # what could not be installed, and why: provision records it in every run
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$spec"; then
-    [ $fp8 = 1 ] || exit 1
-    echo "start_wan.sh: the fp8 extra (torchao) did not install; going on without it (fp8 rungs fall back to FP8 storage)" >&2
-    echo "torchao: pip could not install the fp8 extra on this machine (compute capability $cap)" > .venv/.wan-agent-skipped
-    .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$base"
-  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$base" || exit 1
+  for extra in "${gpu_extras[@]}"; do  # each on its own: one that will not install leaves the others
+    echo "start_wan.sh: installing the $extra extra (GPU compute capability $cap)" >&2
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extra]"; then
+      echo "start_wan.sh: the $extra extra did not install; going on without it" >&2
+      echo "$extra extra: pip could not install it on this machine (compute capability $cap)" >> .venv/.wan-agent-skipped
+    fi
+  done
   # The official Wan2.2 code, for the tests that run its modules in this process, without its declared dependencies
   # (flash_attn is what the attention patch replaces; decord, librosa, cv2 serve pipelines never imported). Runs use
   # an environment of its own, made from locks/official.txt by provision (agent/provision/runtimes.py).

@@ -1,13 +1,14 @@
 """What the probed hardware cannot run, known before a trial is spent on it.
 
-Attention backends are not judged here: whether one imports, runs and agrees is only known by probing
-it on the trial's own shape, which the worker does.
+Attention backends are judged here only by what the hardware and diffusers say of them (FA3 needs a GPU, FP8
+attention FP8 tensor cores, a split over GPUs a backend with context parallelism): whether one imports, runs and
+agrees is only known by probing it on the trial's own shape, which the worker does.
 """
 
 from __future__ import annotations
 
 from agent import gpu_map
-from agent.runtime import parallel
+from agent.runtime import kernels, parallel
 from agent.runtime.config import Knobs
 from agent.runtime.official import support
 
@@ -30,6 +31,8 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
         return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
     if knobs.fp4 != "none" and not any(_capability(g) >= FP4_COMPUTE_MIN_CAPABILITY for g in gpus):
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
+    if (problem := _attention_problem(knobs, gpus, found)) is not None:
+        return problem
     ranks, split = parallel.world_size(knobs), f"ulysses={knobs.ulysses}" if knobs.ulysses > 1 else "cfg_parallel"
     if ranks > 1 and gpus and gpu_map.rank_gpus(hardware, ranks) is None:
         return f"{split} splits the work over {ranks} GPUs; this machine shows {len(gpu_map.visible(hardware) or [])} ({found})"
@@ -38,3 +41,19 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     if knobs.offload in ("model", "group", "sequential") and not gpus:
         return f"offload={knobs.offload} moves weights to a GPU, and there is none"
     return support.refusal(knobs, on_gpu=bool(gpus))
+
+
+def _attention_problem(knobs: Knobs, gpus: list[dict], found: str) -> str | None:
+    if knobs.attention in kernels.FA3_BACKENDS and not gpus:
+        return f"attention={knobs.attention} (FlashAttention-3) runs on CUDA GPUs only; found {found}"
+    if knobs.attention_fp8 and knobs.attention not in kernels.FP8_BACKENDS:
+        on = kernels.FP8_BACKENDS[0]
+        return f"attention_fp8 runs on FlashAttention-3 (attention: {on}); attention={knobs.attention} has no FP8 path"
+    if knobs.attention_fp8 and not any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus):
+        return f"attention_fp8 needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
+    if knobs.ulysses > 1 and not parallel.supports_context_parallel(knobs.attention):
+        return (
+            f"ulysses={knobs.ulysses} splits attention with diffusers' context parallelism, which attention={knobs.attention} "
+            "does not support in this diffusers (native and _native_cudnn do)"
+        )
+    return None

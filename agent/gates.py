@@ -10,6 +10,8 @@ changes, against a bound taken from the reference's measured numerical noise.
   judged against a reference that computes in FP8/FP4, may go as far as ``decision.max_relative_error`` too: on
   an H200 the same FP8 + compile configuration gave outputs up to 1e-1 apart in two processes (dynamic scales,
   autotuned kernels), so such a reference pins its function no closer than its trade does.
+- FP8 attention is a trade judged twice: on the experts' outputs as above, and on the whole clip where one was made
+  (full-mode trials), whose PSNR against the reference's clip must reach ``decision.min_psnr_dB``.
 - VAE rungs (tiling, decode layout, compiled decoder): the decoded check frame, as PSNR against the reference's.
   Bound: the reference's own noise PSNR less 20·log10(noise_multiple) dB, never above 45 dB (where 8-bit pixels
   differ by about one level). Tiling approximates the decode (tiles blended at their seams): with it changed,
@@ -22,9 +24,10 @@ import math
 
 NOISE_FLOOR = 1e-3
 PSNR_CEILING_dB = 45.0
-TRADE_KNOBS = ("precision", "fp8", "fp4")
+TRADE_KNOBS = ("precision", "fp8", "fp4", "attention_fp8")
 VAE_KNOBS = ("vae_tiling", "vae_decode")
 VAE_TRADE_KNOBS = ("vae_tiling",)
+CLIP_TRADE_KNOBS = ("attention_fp8",)  # trades judged on the whole decoded clip too, where one was made (full mode)
 
 
 def changed(knobs: dict, reference_knobs: dict) -> list[str]:
@@ -38,7 +41,9 @@ def trades_precision(knobs: dict, reference_knobs: dict) -> bool:
     quantized_attention = "attention" in changes and any(word in knobs["attention"] for word in ("sage", "fp8", "int8"))
     # FP8/FP4 *compute* (dynamic activation scales, autotuned kernels); layerwise storage is deterministic.
     low_precision_reference = (
-        reference_knobs.get("fp8", "none").startswith("torchao") or reference_knobs.get("fp4", "none") != "none"
+        reference_knobs.get("fp8", "none").startswith("torchao")
+        or reference_knobs.get("fp4", "none") != "none"
+        or reference_knobs.get("attention_fp8", False)
     )
     return quantized_attention or low_precision_reference or any(k in TRADE_KNOBS for k in changes)
 
@@ -78,6 +83,10 @@ def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict
                 failures.append(
                     f"its decoded check frame is at {frame['psnr_dB']:.1f} dB PSNR from the reference's, below {bound:.1f} dB"
                 )
+    if any(k in CLIP_TRADE_KNOBS for k in changes) and fidelity.get("comparable") and "psnr_dB" in fidelity:
+        bounds["clip_psnr_dB"] = floor = decision["min_psnr_dB"]
+        if not fidelity["psnr_dB"] >= floor:
+            failures.append(f"its clip is at {fidelity['psnr_dB']:.1f} dB PSNR from the reference's, below {floor:.1f} dB")
     if not noise:
         where = "no noise measured by the reference, so the playbook's max_relative_error"
     elif trades_precision(knobs, reference_knobs) or any(k in VAE_TRADE_KNOBS for k in changes):
@@ -92,6 +101,5 @@ def check(fidelity: dict, noise: dict | None, knobs: dict, reference_knobs: dict
 
 
 def _describe(bounds: dict) -> str:
-    return ", ".join(
-        f"frame PSNR >= {v:.1f} dB" if k == "vae_frame_psnr_dB" else f"{k} error <= {v:.1e}" for k, v in bounds.items()
-    )
+    labels = {"vae_frame_psnr_dB": "frame PSNR >= {:.1f} dB", "clip_psnr_dB": "clip PSNR >= {:.1f} dB"}
+    return ", ".join(labels[k].format(v) if k in labels else f"{k} error <= {v:.1e}" for k, v in bounds.items())

@@ -22,6 +22,8 @@ PACKAGES = (
     "peft",
     "accelerate",
     "torchao",
+    "fa3-fwd",
+    "flash_attn_3",
     "langgraph",
     "langgraph-checkpoint-sqlite",
     "libtmux",

@@ -67,6 +67,7 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"**Quality.** {_quality(decision)}",
             "",
             *_runtime(decision),
+            *_attention(decision),
         ]
     if (decision.get("gpu_check") or {}).get("shared"):
         check = decision["gpu_check"]
@@ -122,6 +123,22 @@ def _runtime(decision: dict) -> list[str]:
     return [
         f"**Runtime.** The official code, {run['code']}: {run['sampling']}; SDPA kernel {run['sdpa_kernel']}. "
         f"Attention: {attention}.",
+        "",
+    ]
+
+
+def _attention(decision: dict) -> list[str]:
+    """The attention kernel a trial ran (which package served it) and its probe on the trial's shape."""
+    probe = (decision.get("setup") or {}).get("attention_probe")
+    if not probe:
+        return []
+    kernel = probe.get("kernel")
+    served = f" from {kernel['distribution']} {kernel['version']} (`{kernel['module']}`)" if kernel else ""
+    fp8 = f", in FP8 ({probe['fp8']})" if probe.get("fp8") else ""
+    shape = "×".join(str(n) for n in probe["shape"])
+    return [
+        f"**Attention.** `{probe['backend']}`{served}{fp8}: probed on {shape} ({probe['dtype']}), {probe['ms']:.1f} ms a call, "
+        f"relative error against SDPA {probe['relative_error']:.1e} (tolerance {probe['tolerance']:g}).",
         "",
     ]
 

@@ -14,7 +14,7 @@ import yaml
 logger = logging.getLogger(__name__)
 
 # Packages whose upgrade can change a trial's speed (kernels, fusion, the pipeline's own loop).
-SPEED_PACKAGES = ("torch", "diffusers", "transformers", "torchao", "accelerate", "peft")
+SPEED_PACKAGES = ("torch", "diffusers", "transformers", "torchao", "fa3-fwd", "flash_attn_3", "accelerate", "peft")
 
 
 def key(playbook: dict, hardware: dict, versions: dict) -> dict:

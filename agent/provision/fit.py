@@ -50,6 +50,11 @@ def problems(hardware: dict, versions: dict, arch_list: list[str], skipped: list
             f"torchao is not installed although the GPU (compute capability {best}) computes in FP8: the fp8 rungs "
             "fall back to FP8 storage; `./start_wan.sh --install-only` installs it (or `pip install -e '.[fp8]'`)"
         )
+    if any(_version(g["compute_capability"])[0] == 9 for g in gpus) and not {"fa3-fwd", "flash_attn_3"} & set(versions):
+        found.append(
+            "no FlashAttention-3 is installed although a GPU is Hopper: the fa3-attention and fp8-attention rungs fail "
+            "their probe; `./start_wan.sh --install-only` installs it (or `pip install -e '.[hopper]'`)"
+        )
     return found
 
 

@@ -76,6 +76,8 @@ class Knobs(Strict):
     guidance_scale_2: float = Field(default=3.0, ge=0.0, le=50.0)  # low-noise expert
     flow_shift: float = Field(default=3.0, gt=0.0, le=100.0)
     attention: str = Field(default="native", pattern=r"^[a-z0-9_]+$")  # a diffusers attention backend name
+    # Self-attention's q/k/v in float8 e4m3 (one scale per head), on FA3 (attention: _flash_3; agent/runtime/kernels.py).
+    attention_fp8: bool = False
     compile: CompileMode = "none"
     offload: OffloadMode = "none"
     vae_tiling: bool = False
@@ -109,7 +111,7 @@ class Knobs(Strict):
         for name in ("runtime", "attention", "compile", "offload", "vae_decode", "ulysses"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
-        parts += [flag for flag in ("vae_tiling", "text_encoder_on_cpu", "cfg_parallel") if getattr(self, flag)]
+        parts += [flag for flag in ("attention_fp8", "vae_tiling", "text_encoder_on_cpu", "cfg_parallel") if getattr(self, flag)]
         return ", ".join(parts)
 
 

@@ -63,6 +63,14 @@ def join(config: TrialConfig) -> tuple[Rank | None, TrialConfig]:
     return Rank(rank, world, local), config
 
 
+def supports_context_parallel(backend: str) -> bool:
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    return backend in [b.value for b in AttentionBackendName] and _AttentionBackendRegistry._is_context_parallel_available(
+        AttentionBackendName(backend)
+    )
+
+
 def split_attention(pipe, knobs: Knobs) -> dict:
     """Each expert's self-attention split over the ranks (diffusers' context-parallel plan for Wan)."""
     from diffusers import ContextParallelConfig

@@ -102,9 +102,10 @@ def _set_attention(pipe, config: TrialConfig, dtype: torch.dtype, device: torch.
         pipe.vae_scale_factor_spatial,
         pipe.vae_scale_factor_temporal,
     )
-    report = attention.probe(config.knobs.attention, shape, dtype, device)
+    report = attention.probe(config.knobs.attention, shape, dtype, device, fp8=config.knobs.attention_fp8)
     if not report["usable"]:
-        raise BackendUnavailable(f"attention backend {config.knobs.attention!r} skipped: {report['reason']}")
+        label = f"{config.knobs.attention}{' in FP8' if config.knobs.attention_fp8 else ''}"
+        raise BackendUnavailable(f"attention backend {label!r} skipped: {report['reason']}")
     for expert in experts(pipe):
         expert.set_attention_backend(config.knobs.attention)
     return report

@@ -23,6 +23,9 @@ def test_missing_kernels_walk_the_rules_then_move_on(tmp_path):
             {"name": "flash", "hypothesis": "FlashAttention 2 kernels.", "set": {"attention": "flash"}},
             # FP8 compute needs CUDA >= 8.9; no rule below covers it.
             {"name": "fp8", "hypothesis": "FP8 compute.", "set": {"fp8": "torchao_row"}},
+            # FlashAttention-3 and FP8 attention on it need a GPU: skipped at planning, no trial spent.
+            {"name": "fa3", "hypothesis": "FA3.", "set": {"attention": "_flash_3"}},
+            {"name": "fp8-attention", "hypothesis": "FA3 in FP8.", "set": {"attention": "_flash_3", "attention_fp8": True}},
         ],
         remediation=[
             {
@@ -44,12 +47,14 @@ def test_missing_kernels_walk_the_rules_then_move_on(tmp_path):
     # FP8 compute is known not to run on this hardware before any trial is spent on it.
     skipped = {e["rung"]: e["reason"] for e in events if e["kind"] == "rung_skipped"}
     assert "compute capability >= 8.9" in skipped["fp8"]
+    assert "(FlashAttention-3) runs on CUDA GPUs only" in skipped["fa3"] and "CUDA GPUs only" in skipped["fp8-attention"]
     remedies = [(e["trial"], e["rule"], e["attempt"]) for e in events if e["kind"] == "remediation"]
     assert remedies == [("01-flash", "attention-backend", 1), ("02-flash-attention-backend-1", "attention-backend", 2)]
     reasons = {e["name"]: e["reason"] for e in events if e["kind"] == "decision"}
     assert "flash" in reasons["01-flash"]
     journal = (run_dir / "journal.md").read_text()
     assert "**Remediation.** Rule `attention-backend`, attempt 2 of 2" in journal
+    assert "**Attention.** `_native_math`: probed on 1×" in journal and "relative error against SDPA" in journal
     assert yaml.safe_load((run_dir / "best.yaml").read_text())["knobs"]["fp8"] == "none"
 
 

@@ -56,3 +56,16 @@ def test_the_fp8_compute_rule_matches_what_the_worker_says_without_torchao():
     rules = [r.model_dump() for r in load("a14b").remediation]
     rule, step = next_fix(failed, rules)
     assert rule["name"] == "fp8-compute" and rule["changes"][step] == {"fp8": "layerwise"}
+
+
+def test_attention_kernels_are_refused_where_the_hardware_or_diffusers_cannot_run_them():
+    fa3, fp8 = Knobs(attention="_flash_3"), Knobs(attention="_flash_3", attention_fp8=True)
+    assert cannot_run(fa3, H100, "auto") is None and cannot_run(fp8, H100, "auto") is None
+    assert "CUDA GPUs only" in cannot_run(fa3, CPU_ONLY, "auto")
+    assert "compute capability >= 8.9" in cannot_run(fp8, A100, "auto")
+    cudnn_fp8 = Knobs(attention="_native_cudnn", attention_fp8=True)
+    assert "attention=_native_cudnn has no FP8 path" in cannot_run(cudnn_fp8, H100, "auto")
+    two = {"gpus": [H100["gpus"][0], H100["gpus"][0] | {"index": 1}]}
+    assert cannot_run(Knobs(attention="_native_cudnn", ulysses=2), two, "auto") is None
+    reason = cannot_run(Knobs(attention="_flash_3", ulysses=2), two, "auto")
+    assert "context parallelism" in reason and "attention=_flash_3" in reason

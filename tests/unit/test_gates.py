@@ -49,3 +49,16 @@ def test_without_a_measured_noise_the_playbooks_bound_applies_and_a_missing_meas
     gate = check(errors(0.05, 0.05), None, compiled, REFERENCE, DECISION)
     assert gate["passed"] and "no noise measured" in gate["reason"]
     assert not check({}, NOISE, compiled, REFERENCE, DECISION)["passed"]
+
+
+def test_fp8_attention_is_a_trade_judged_on_the_experts_and_on_the_whole_clip():
+    fp8_attention = REFERENCE | {"attention": "_flash_3", "attention_fp8": True}
+    reference = REFERENCE | {"attention": "_flash_3"}
+    clip = {"comparable": True, "psnr_dB": 38.2, "ssim": 0.97}
+    gate = check(errors(0.05, 0.04) | clip, NOISE, fp8_attention, reference, DECISION)
+    assert gate["passed"] and "clip PSNR >= 35.0 dB" in gate["reason"] and "precision trade" in gate["reason"]
+    blurred = check(errors(0.05, 0.04) | clip | {"psnr_dB": 31.0}, NOISE, fp8_attention, reference, DECISION)
+    assert not blurred["passed"] and "its clip is at 31.0 dB PSNR" in blurred["reason"]
+    assert not check(errors(0.15, 0.04) | clip, NOISE, fp8_attention, reference, DECISION)["passed"]
+    # In probe mode no clip is made: the experts' outputs alone judge it.
+    assert check(errors(0.05, 0.04), NOISE, fp8_attention, reference, DECISION)["passed"]

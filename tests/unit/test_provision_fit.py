@@ -5,7 +5,7 @@ import pytest
 from agent.provision import fit, torch_build
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "driver": "580.159.04", "driver_cuda": "13.0"}
-VERSIONS = {"torch": "2.13.0", "torchao": "0.18.0"}
+VERSIONS = {"torch": "2.13.0", "torchao": "0.18.0", "fa3-fwd": "0.0.3"}
 
 
 def machine(*gpus: dict, torch_cuda: str | None = "13.0") -> dict:
@@ -39,6 +39,7 @@ def test_fp8_hardware_without_torchao_and_what_start_wan_skipped(tmp_path):
     found = fit.problems(machine(H100), {"torch": "2.13.0"}, ["sm_90"], ["torchao: pip could not install the fp8 extra"])
     assert found[0] == "not installed: torchao: pip could not install the fp8 extra"
     assert "torchao is not installed although the GPU (compute capability 9.0) computes in FP8" in found[1]
+    assert "no FlashAttention-3 is installed although a GPU is Hopper" in found[2] and ".[hopper]" in found[2]
     ampere = H100 | {"compute_capability": "8.0"}
     assert fit.problems(machine(ampere), {"torch": "2.13.0"}, ["sm_80"], []) == []  # no FP8 tensor cores: nothing lost
     (tmp_path / "skipped").write_text("torchao: x\n\n")
