@@ -52,6 +52,11 @@ def rank_gpus(hardware: dict, ranks: int) -> list[int] | None:
     return indices[:ranks] if len(indices) >= ranks else None
 
 
+def for_ranks(hardware: dict, ranks: int) -> int | list[int] | None:
+    """What a trial of ``ranks`` processes computes on: its one GPU (trial_gpu), or each rank's (rank_gpus)."""
+    return trial_gpu(hardware) if ranks == 1 else rank_gpus(hardware, ranks)
+
+
 def trial_gpus(hardware: dict) -> list[dict]:
     """The GPU records that describe what a trial computes on: its cuda:0's, or every GPU of the machine when that
     is a MIG instance of one of them; empty when it sees none."""

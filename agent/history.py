@@ -128,7 +128,12 @@ def seed_rung(entry: dict, differs: list[str], book: Playbook) -> dict | None:
     changes = {k: v for k, v in entry["knobs"].items() if k in baseline and baseline[k] != v}
     if not changes:
         return None
-    contains = [r for r in book.ladder if r.set and all(changes.get(k) == v for k, v in r.set.items() if k != "workload")]
+    knobs = entry["knobs"]  # a rung it contains changed some of these, and may have set others to the baseline's values
+    contains = [
+        r
+        for r in book.ladder
+        if any(k in changes for k in r.set) and all(knobs.get(k) == v for k, v in r.set.items() if k != "workload")
+    ]
     gate = "reference_free" if any(r.gate == "reference_free" for r in contains) else "fidelity"
     where = entry["features"]["gpu"] or entry["features"]["cpu"]
     return {

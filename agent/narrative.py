@@ -143,6 +143,19 @@ def _attention(decision: dict) -> list[str]:
     ]
 
 
+def _cost(cost: dict) -> str:
+    """What the search cost, and where the time went."""
+    minutes = {k: cost[k] / 60 for k in ("total_s", "trials_s", "setup_s", "measuring_s", "between_trials_s")}
+    costliest = cost.get("costliest_setup")
+    most = f", the most in {costliest['trial']} ({costliest['s'] / 60:.1f} min)" if costliest else ""
+    return (
+        f"**Search cost.** {minutes['total_s']:.1f} min from start to converged: {minutes['trials_s']:.1f} min in trials, of "
+        f"which {minutes['setup_s']:.1f} setting up (loading, quantizing, compiling{most}) and {minutes['measuring_s']:.1f} "
+        f"measuring (warm-up, timed repeats, checks); {minutes['between_trials_s']:.1f} min between trials (planning, "
+        "gates, journal, waiting for a busy GPU)."
+    )
+
+
 def _offload(decision: dict) -> str:
     """What ``offload: auto`` chose, and against what memory."""
     setup = decision.get("setup") or {}
@@ -341,6 +354,8 @@ def render_markdown(events: list[dict]) -> str:
             )
             if end.get("unresolved"):
                 lines += ["", f"**Unresolved.** {_unresolved(end['unresolved'], decisions)}"]
+            if end.get("cost"):
+                lines += ["", _cost(end["cost"])]
         else:
             lines.append(f"The run failed after {end['trial_count']} trials ({minutes:.1f} min): no usable baseline.")
     if "compared" in by_kind:

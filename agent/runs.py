@@ -20,11 +20,13 @@ from pathlib import Path
 import psutil
 import yaml
 
-from agent import sources, tmux, trials
+from agent import gpu_map, hardware, sources, tmux, trials
+from agent.capabilities import cannot_run
 from agent.files import read_json, write_json_atomic
 from agent.graph import compiled
 from agent.journal import Journal
 from agent.playbook import Playbook
+from agent.runtime import parallel
 from agent.runtime.config import LoraFiles, Measurement, TrialConfig, Workload
 from agent.state import RunContext
 
@@ -227,13 +229,17 @@ def generate(run_id: str, runs_dir: Path, prompt: str) -> Path:
     index = len(list(generations.iterdir())) if generations.exists() else 0
     out_dir = generations / f"{index:02d}-{slug}"
     config, book = converged_config(run_id, runs_dir, prompt, out_dir)
+    machine = hardware.probe()
+    if (reason := cannot_run(config.knobs, machine, config.device)) is not None:  # e.g. a 4-GPU best on 2 GPUs
+        raise RunError(f"run {run_id}'s best cannot run on this machine: {reason}; converge a run here (`wan-agent run`)")
     trials.prepare(out_dir, config)
     logger.info("generating with %s (best of run %s)", config.knobs.describe(), run_id)
     timeouts = book["timeouts"]
     environments = (read_json(run_dir / "run.json") or {}).get("runtimes")
     runtime = config.knobs.runtime
     python, runtime_vars = trials.interpreter(environments, runtime), trials.runtime_env(environments, runtime)
-    outcome = trials.execute(run_id, out_dir, timeouts["deadline_s"], timeouts["idle_timeout_s"], python=python,
+    gpus = gpu_map.for_ranks(machine, parallel.world_size(config.knobs))  # torchrun's ranks, each on its GPU, all watched
+    outcome = trials.execute(run_id, out_dir, timeouts["deadline_s"], timeouts["idle_timeout_s"], gpu=gpus, python=python,
                              runtime_vars=runtime_vars)  # fmt: skip
     result = outcome["result"] or {}
     if result.get("status") != "ok":

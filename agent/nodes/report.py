@@ -63,12 +63,31 @@ def _compare_with_previous(state: AgentState, runtime: Runtime[RunContext], log:
     log.record("compared", key="compared", **{k: found[k] for k in keep})
 
 
+SETUP_STAGES = ("load_s", "lora_fuse_s", "prepare_s", "first_forwards_s", "vae_compile_s")
+
+
+def search_cost(trials: list[dict], elapsed_s: float) -> dict:
+    """Where the search's time went: in trials (setting up: loading, quantizing, compiling; measuring: the rest of each
+    trial's session) and between them (the agent's planning, gates and journal; waits for a busy GPU)."""
+    setups = {t["name"]: sum((t.get("stages") or {}).get(k, 0.0) for k in SETUP_STAGES) for t in trials}
+    in_trials = sum(((t.get("session") or {}).get("wall_s") or 0.0) for t in trials)
+    costliest = max(setups, key=lambda name: setups[name], default=None)
+    return {
+        "total_s": elapsed_s,
+        "trials_s": in_trials,
+        "setup_s": sum(setups.values()),
+        "measuring_s": in_trials - sum(setups.values()),
+        "between_trials_s": max(0.0, elapsed_s - in_trials),  # a session's start is known to the second (tmux)
+        "costliest_setup": {"trial": costliest, "s": setups[costliest]} if costliest else None,
+    }
+
+
 def report(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     winner = state.get("best")
     status = "failed" if state.get("status") == "failed" or not winner else "converged"
     elapsed = time.time() - state["started_at"]
     trials = state.get("trials", [])
-    fields = {"status": status, "time_to_converge_s": elapsed, "trial_count": len(trials)}
+    fields = {"status": status, "time_to_converge_s": elapsed, "trial_count": len(trials), "cost": search_cost(trials, elapsed)}
     if winner is not None and status == "converged":
         best = best_config(state)
         write_text_atomic(run_dir(state, runtime) / "best.yaml", yaml.safe_dump(best, sort_keys=False))

@@ -24,7 +24,7 @@ def trial(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     assert candidate is not None  # the router only comes here with a candidate
     trial_dir = Path(candidate["dir"])
     ranks = parallel.world_size(Knobs.model_validate(candidate["knobs"]))
-    index = gpu_map.trial_gpu(state["hardware"]) if ranks == 1 else gpu_map.rank_gpus(state["hardware"], ranks)
+    index = gpu_map.for_ranks(state["hardware"], ranks)
     for attempt in (1, 2):
         gpu = _check_gpus(state, trial_dir, index) if trials.will_start(state["run_id"], trial_dir) else None
         try:

@@ -30,12 +30,12 @@ def world_size(knobs: Knobs) -> int:
     return knobs.ulysses * (2 if knobs.cfg_parallel else 1)
 
 
-def launcher(python: str, knobs: Knobs) -> list[str]:
-    """How the worker is started: itself, or under torchrun with one process per rank (a free port of its own)."""
+def launcher(python: str, knobs: Knobs, module: str = "agent.runtime.worker") -> list[str]:
+    """How a worker is started: itself, or under torchrun with one process per rank (a free port of its own)."""
     n = world_size(knobs)
     if n == 1:
-        return [python, "-m", "agent.runtime.worker"]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "agent.runtime.worker"]
+        return [python, "-m", module]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", module]
 
 
 def join(config: TrialConfig) -> tuple[Rank | None, TrialConfig]:

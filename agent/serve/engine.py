@@ -66,10 +66,8 @@ class Engine:
         self.run_dir, self.on_event, self.queue_size = run_dir, on_event, queue_size
         self.folder = run_dir / "serve"
         config, book = runs.converged_config(run_dir.name, run_dir.parent, None, self.folder / "worker")
-        # One worker process on one GPU: a configuration converged over several ranks is served on one, as said.
-        self.served_on_one = parallel.world_size(config.knobs) > 1
-        knobs = config.knobs.model_copy(update={"ulysses": 1, "cfg_parallel": False})
-        self.config = config.model_copy(update={"knobs": knobs})
+        # A configuration converged over several GPUs is served by a torchrun group of as many ranks (worker.py).
+        self.config, self.ranks = config, parallel.world_size(config.knobs)
         self.config_file = self.folder / "worker" / "serve-config.json"
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config_file, self.config.model_dump_json(indent=1))
@@ -234,8 +232,8 @@ class Engine:
                 self._ready, self._multiple = True, int(event.get("multiple", 16))
                 self._why = (f"ready: {event['label']} on {event['device']} (loaded in {event['load_s']:.1f} s, "
                              f"warm-up clip {event['warmup_s']:.1f} s)")  # fmt: skip
-                if self.served_on_one:
-                    self._why += "; the run converged over several GPUs, served here on one worker"
+                if self.ranks > 1:
+                    self._why += f"; a torchrun group of {self.ranks} ranks, one per GPU"
             logger.info("serve worker %s", self._why)
             self._dispatch()
             return True

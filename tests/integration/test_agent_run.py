@@ -141,8 +141,16 @@ def test_run_json_and_journal_md_tell_the_story(converged):
         "Real Wan2.2 weights (`t2v-a14b`)",
         "`Wan-AI/Wan2.2-T2V-A14B-Diffusers` @ `5be7df9619b5` from huggingface",
         "sizes and checksums verified",
+        "**Search cost.** ",
+        "min in trials, of which ",
     ):
         assert needle in text
+    events = [json.loads(line) for line in (runs / run_id / "journal.jsonl").read_text().splitlines()]
+    end = next(e for e in events if e["kind"] == "converged")
+    cost = end["cost"]
+    assert 0 < cost["setup_s"] < cost["trials_s"] and cost["costliest_setup"]["trial"].startswith("0")
+    assert cost["trials_s"] < cost["total_s"] + 3  # tmux gives each of the 3 sessions' start to the second
+    assert abs(cost["setup_s"] + cost["measuring_s"] - cost["trials_s"]) < 1e-6
     if run["hardware"]["nvml"] != "ok":
         assert "not measured (no NVML)" in text
 
@@ -220,6 +228,18 @@ def test_a_hostile_prompt_reaches_the_model_verbatim_and_runs_nothing(converged,
     assert result["prompt"] == evil
     assert result["config"]["knobs"]["lightning"] is True
     assert not canary.exists()
+
+
+def test_generate_refuses_a_best_this_machine_cannot_run(converged, tmp_path):
+    _, runs, run_id = converged
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / run_id, copy / run_id, ignore=shutil.ignore_patterns("trials", "generations"))
+    best = yaml.safe_load((copy / run_id / "best.yaml").read_text())
+    best["knobs"] |= {"ulysses": 2, "attention": "_flash_3"}  # measured on a multi-GPU Hopper server, say
+    (copy / run_id / "best.yaml").write_text(yaml.safe_dump(best))
+    done = wan_agent("generate", "--run", run_id, "--prompt", "a cat", runs_dir=copy)
+    assert done.returncode == 2 and "best cannot run on this machine: attention=_flash_3" in done.stderr, done.stderr
+    assert not (copy / run_id / "generations").exists() or not any((copy / run_id / "generations").iterdir())
 
 
 def test_generate_without_a_converged_run_is_a_clear_error(tmp_path):

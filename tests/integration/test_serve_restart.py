@@ -105,3 +105,33 @@ def test_a_worker_that_cannot_load_is_reported_and_refuses_jobs(converged, tmp_p
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_a_run_converged_over_several_ranks_is_served_by_a_torchrun_group(converged, tmp_path):
+    _, shared, run_id = converged
+    runs = tmp_path / "runs"
+    shutil.copytree(shared / run_id, runs / run_id, ignore=shutil.ignore_patterns("*.mp4", "*.npy", "*.npz", "serve"))
+    best = yaml.safe_load((runs / run_id / "best.yaml").read_text())
+    best["knobs"]["ulysses"] = 3  # the tiny model's 3 heads over 3 ranks (CPU processes, gloo)
+    (runs / run_id / "best.yaml").write_text(yaml.safe_dump(best))
+    port, log = free_port(), open(tmp_path / "server.log", "w")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="loopback", max_retries=0)
+    server = start(runs, run_id, port, log)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+            assert "a torchrun group of 3 ranks" in json.load(answer)["reason"]
+        group = psutil.Process(server.pid).children(recursive=True)
+        ranks = [p for p in group if "agent.serve.worker" in " ".join(p.cmdline()) and "torch.distributed.run" not in p.cmdline()]
+        assert len(ranks) == 3, [p.cmdline() for p in group]
+        for prompt in ("a first clip", "a second clip, after the group sat idle"):
+            video = client.videos.create_and_poll(prompt=prompt, poll_interval_ms=100)
+            assert video.status == "completed", video.error
+            assert client.videos.download_content(video.id).read()[4:8] == b"ftyp"
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        gone, alive = psutil.wait_procs(group, timeout=15)  # torchrun dies with the server, each rank with torchrun
+        assert not alive, f"processes of the group outlived the server: {[p.cmdline() for p in alive]}"
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
