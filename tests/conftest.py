@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -106,6 +109,27 @@ def wan_agent(*args: str, runs_dir: Path, timeout: float = 600, **kwargs) -> sub
     return subprocess.run(
         [*WAN_AGENT, "--runs-dir", str(runs_dir), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs: Path, run_id: str, port: int, log, timeout_s: float = 120) -> subprocess.Popen:
+    """`wan-agent serve` of ``run_id`` in its own process, once it answers /health (ready or not)."""
+    server = subprocess.Popen([*WAN_AGENT, "--runs-dir", str(runs), "serve", "--run", run_id, "--port", str(port),
+                               "--poll-after-ms", "100"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited with {server.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return server
+        except OSError:  # not listening yet, or 503 while its worker loads
+            time.sleep(0.2)
+    raise AssertionError(f"the server was not ready in {timeout_s:.0f} s")
 
 
 def _git(folder: Path, *args: str) -> str:

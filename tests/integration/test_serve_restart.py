@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,29 +15,9 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import ROOT, WAN_AGENT
+from tests.conftest import ROOT, WAN_AGENT, free_port, start_server
 
 openai = pytest.importorskip("openai")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(runs, run_id: str, port: int, log) -> subprocess.Popen:
-    server = subprocess.Popen([*WAN_AGENT, "--runs-dir", str(runs), "serve", "--run", run_id, "--port", str(port),
-                               "--poll-after-ms", "100"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited with {server.returncode}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return server
-        except OSError:  # not listening yet, or 503 while its worker loads
-            time.sleep(0.2)
-    raise AssertionError("the server was not ready in 2 min")
 
 
 def test_kill_9_mid_job_then_restart(converged, tmp_path):
@@ -47,7 +26,7 @@ def test_kill_9_mid_job_then_restart(converged, tmp_path):
     shutil.copytree(shared / run_id, runs / run_id, ignore=shutil.ignore_patterns("*.mp4", "*.npy", "*.npz", "serve"))
     port, log = free_port(), open(tmp_path / "server.log", "w")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="loopback", max_retries=0)
-    server = start(runs, run_id, port, log)
+    server = start_server(runs, run_id, port, log)
     try:
         finished = client.videos.create_and_poll(prompt="a finished clip", poll_interval_ms=100)
         assert finished.status == "completed", finished.error
@@ -62,7 +41,7 @@ def test_kill_9_mid_job_then_restart(converged, tmp_path):
         server.wait()
         gone, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive, f"worker processes outlived the server: {alive}"
-        server = start(runs, run_id, port, log)
+        server = start_server(runs, run_id, port, log)
         cut = client.videos.retrieve(long.id)
         assert cut.status == "failed" and cut.error is not None and cut.error.code == "server_restarted"
         assert "submit it again" in cut.error.message
@@ -116,7 +95,7 @@ def test_a_run_converged_over_several_ranks_is_served_by_a_torchrun_group(conver
     (runs / run_id / "best.yaml").write_text(yaml.safe_dump(best))
     port, log = free_port(), open(tmp_path / "server.log", "w")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="loopback", max_retries=0)
-    server = start(runs, run_id, port, log)
+    server = start_server(runs, run_id, port, log)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
             assert "a torchrun group of 3 ranks" in json.load(answer)["reason"]
