@@ -27,11 +27,12 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     if device == "cuda" and not gpus:
         return "the playbook asks for a CUDA GPU and this machine has none"
     found = ", ".join(f"{g['name']} (sm {g['compute_capability']})" for g in gpus) or "no GPU"
-    if knobs.fp8.startswith("torchao") and not any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus):
+    fp8_cores = any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus)
+    if knobs.fp8.startswith("torchao") and not fp8_cores:
         return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
     if knobs.fp4 != "none" and not any(_capability(g) >= FP4_COMPUTE_MIN_CAPABILITY for g in gpus):
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
-    if (problem := _attention_problem(knobs, gpus, found)) is not None:
+    if (problem := _attention_problem(knobs, gpus, fp8_cores, found)) is not None:
         return problem
     ranks, split = parallel.world_size(knobs), f"ulysses={knobs.ulysses}" if knobs.ulysses > 1 else "cfg_parallel"
     if ranks > 1 and gpus and gpu_map.rank_gpus(hardware, ranks) is None:
@@ -43,13 +44,13 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     return support.refusal(knobs, on_gpu=bool(gpus))
 
 
-def _attention_problem(knobs: Knobs, gpus: list[dict], found: str) -> str | None:
+def _attention_problem(knobs: Knobs, gpus: list[dict], fp8_cores: bool, found: str) -> str | None:
     if knobs.attention in kernels.FA3_BACKENDS and not gpus:
         return f"attention={knobs.attention} (FlashAttention-3) runs on CUDA GPUs only; found {found}"
     if knobs.attention_fp8 and knobs.attention not in kernels.FP8_BACKENDS:
         on = kernels.FP8_BACKENDS[0]
         return f"attention_fp8 runs on FlashAttention-3 (attention: {on}); attention={knobs.attention} has no FP8 path"
-    if knobs.attention_fp8 and not any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus):
+    if knobs.attention_fp8 and not fp8_cores:
         return f"attention_fp8 needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
     if knobs.ulysses > 1 and not parallel.supports_context_parallel(knobs.attention):
         return (

@@ -25,6 +25,7 @@ FP8_BACKENDS = ("_flash_3",)  # the ones FP8 attention runs on
 E4M3_MAX = 448.0
 
 _interface = None  # the bound FA3 module
+_missing: list[str] = []  # why each source did not serve, from the last fa3_source() that found none
 
 
 def fa3_source() -> dict | None:
@@ -33,11 +34,17 @@ def fa3_source() -> dict | None:
     global _interface
     from diffusers.models import attention_dispatch as dispatch
 
+    missing = []
     for distribution, module in FA3_SOURCES:
         try:
             version = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            missing.append(f"{distribution}: not installed")
+            continue
+        try:
             interface = importlib.import_module(module)
-        except Exception:  # not installed, or built for another torch/CUDA: the next source
+        except Exception as err:  # built for another torch/CUDA, or no GPU driver: the next source
+            missing.append(f"{distribution}: {module} does not import ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
             continue
         if not dispatch._CAN_USE_FLASH_ATTN_3:  # diffusers looked only for flash_attn_3 at its import
             dispatch.flash_attn_3_func = interface.flash_attn_func
@@ -45,23 +52,13 @@ def fa3_source() -> dict | None:
             dispatch._CAN_USE_FLASH_ATTN_3 = True
         _interface = interface
         return {"distribution": distribution, "version": version, "module": module}
+    _missing[:] = missing
     return None
 
 
 def problems() -> str:
-    """Why no FA3 source imports here (for a message that says how to fix it)."""
-    found = []
-    for distribution, module in FA3_SOURCES:
-        try:
-            metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            found.append(f"{distribution}: not installed")
-            continue
-        try:
-            importlib.import_module(module)
-        except Exception as err:
-            found.append(f"{distribution}: {module} does not import ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-    return "; ".join(found) + " (on a Hopper GPU: pip install -e '.[hopper]', which start_wan.sh does there)"
+    """Why no FA3 source imports here, and how to fix it (after a ``fa3_source()`` that found none)."""
+    return "; ".join(_missing) + " (on a Hopper GPU: pip install -e '.[hopper]', which start_wan.sh does there)"
 
 
 def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

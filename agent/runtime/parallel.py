@@ -66,9 +66,9 @@ def join(config: TrialConfig) -> tuple[Rank | None, TrialConfig]:
 def supports_context_parallel(backend: str) -> bool:
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    return backend in [b.value for b in AttentionBackendName] and _AttentionBackendRegistry._is_context_parallel_available(
-        AttentionBackendName(backend)
-    )
+    from agent.runtime.attention import known_backends
+
+    return backend in known_backends() and _AttentionBackendRegistry._is_context_parallel_available(AttentionBackendName(backend))
 
 
 def split_attention(pipe, knobs: Knobs) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from agent import runs, tmux, trials
 from agent.files import read_json, write_text_atomic
 from agent.runtime import parallel
+from agent.serve.worker import PARENT_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ MAX_SIDE = 1280  # Wan2.2's largest trained size (720p), either orientation
 MAX_FRAMES = 241  # agent.runtime.config.Workload's bound
 MAX_PIXELS = 1280 * 720  # the largest trained frame
 STOP_GRACE_S = 10.0
-PARENT_ENV = "WAN_AGENT_SERVE_PARENT"
 
 
 class QueueFull(Exception):
