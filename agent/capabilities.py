@@ -34,9 +34,14 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
     if (problem := _attention_problem(knobs, gpus, fp8_cores, found)) is not None:
         return problem
-    ranks, split = parallel.world_size(knobs), f"ulysses={knobs.ulysses}" if knobs.ulysses > 1 else "cfg_parallel"
+    ranks = parallel.world_size(knobs)
+    split = " with ".join([f"ulysses={knobs.ulysses}"] * (knobs.ulysses > 1) + ["cfg_parallel"] * knobs.cfg_parallel)
     if ranks > 1 and gpus and gpu_map.rank_gpus(hardware, ranks) is None:
         return f"{split} splits the work over {ranks} GPUs; this machine shows {len(gpu_map.visible(hardware) or [])} ({found})"
+    if knobs.vae_parallel and ranks == 1:
+        return "vae_parallel splits the decode over a parallel trial's ranks; this one runs in one process (no split)"
+    if knobs.vae_parallel and knobs.vae_tiling:
+        return "vae_parallel cuts the decode into one tile per rank itself: it runs with vae_tiling false"
     if ranks > 1 and knobs.offload not in ("none", "auto"):
         return f"{split} with offload={knobs.offload}: each rank keeps its whole model on its own GPU"
     if knobs.offload in ("model", "group", "sequential") and not gpus:
@@ -55,6 +60,6 @@ def _attention_problem(knobs: Knobs, gpus: list[dict], fp8_cores: bool, found: s
     if knobs.ulysses > 1 and not parallel.supports_context_parallel(knobs.attention):
         return (
             f"ulysses={knobs.ulysses} splits attention with diffusers' context parallelism, which attention={knobs.attention} "
-            "does not support in this diffusers (native and _native_cudnn do)"
+            "does not support (native, _native_cudnn and _flash_3 do)"
         )
     return None

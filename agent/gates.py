@@ -12,9 +12,11 @@ changes, against a bound taken from the reference's measured numerical noise.
   autotuned kernels), so such a reference pins its function no closer than its trade does.
 - FP8 attention is a trade judged twice: on the experts' outputs as above, and on the whole clip where one was made
   (full-mode trials), whose PSNR against the reference's clip must reach ``decision.min_psnr_dB``.
-- VAE rungs (tiling, decode layout, compiled decoder): the decoded check frame, as PSNR against the reference's.
+- VAE rungs (tiling, decode layout, compiled decoder, decode split over ranks): the decoded check frame, as PSNR
+  against the reference's.
   Bound: the reference's own noise PSNR less 20·log10(noise_multiple) dB, never above 45 dB (where 8-bit pixels
-  differ by about one level). Tiling approximates the decode (tiles blended at their seams): with it changed,
+  differ by about one level). Tiling (and the split decode, a tile per rank) approximates the decode (tiles blended
+  at their seams): with it changed,
   the frame may also go down to ``decision.min_psnr_dB``.
 """
 
@@ -25,8 +27,8 @@ import math
 NOISE_FLOOR = 1e-3
 PSNR_CEILING_dB = 45.0
 TRADE_KNOBS = ("precision", "fp8", "fp4", "attention_fp8")
-VAE_KNOBS = ("vae_tiling", "vae_decode")
-VAE_TRADE_KNOBS = ("vae_tiling",)
+VAE_KNOBS = ("vae_tiling", "vae_decode", "vae_parallel")
+VAE_TRADE_KNOBS = ("vae_tiling", "vae_parallel")
 CLIP_TRADE_KNOBS = ("attention_fp8",)  # trades judged on the whole decoded clip too, where one was made (full mode)
 
 

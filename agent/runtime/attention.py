@@ -61,7 +61,7 @@ def self_attention_shape(
 
 
 def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device, fp8: bool = False) -> dict:
-    """Check backend ``name`` on ``shape`` (in FP8 where ``fp8``: kernels.use_fp8_attention); return {"usable",
+    """Check backend ``name`` on ``shape`` (in FP8 where ``fp8``: kernels.set_fp8_attention); return {"usable",
     "reason", "relative_error", "ms", "kernel" (which FA3 served), ...}."""
     from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend, dispatch_attention_fn
 
@@ -72,10 +72,11 @@ def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, devic
         return report | {"usable": False, "reason": problem}
     if name in kernels.FA3_BACKENDS:
         report["kernel"] = kernels.fa3_source()
+    if fp8 and name not in kernels.FP8_BACKENDS:
+        return report | {"usable": False, "reason": f"no FP8 path for `{name}`; FP8 attention runs on {kernels.FP8_BACKENDS}"}
+    if name in kernels.FP8_BACKENDS:
+        kernels.set_fp8_attention(fp8)
     if fp8:
-        if name not in kernels.FP8_BACKENDS:
-            return report | {"usable": False, "reason": f"no FP8 path for `{name}`; FP8 attention runs on {kernels.FP8_BACKENDS}"}
-        kernels.use_fp8_attention()
         report["fp8"] = "e4m3 q/k/v, one scale per head"
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))

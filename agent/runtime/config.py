@@ -79,6 +79,9 @@ class Knobs(Strict):
     # Self-attention's q/k/v in float8 e4m3 (one scale per head), on FA3 (attention: _flash_3; agent/runtime/kernels.py).
     attention_fp8: bool = False
     compile: CompileMode = "none"
+    # torchao's recommended Inductor settings with FP8 linears (coordinate-descent tuning of every generated kernel,
+    # process-wide): faster kernels, maybe, for minutes more of compiling on a cold cache.
+    inductor_tuning: bool = True
     offload: OffloadMode = "none"
     vae_tiling: bool = False
     vae_decode: VaeDecode = "eager"
@@ -86,15 +89,16 @@ class Knobs(Strict):
     # Context parallelism: the experts' tokens split over this many GPUs (CPU processes without one), diffusers'
     # Ulysses attention (all-to-all over the heads, which it must divide); started by torchrun (agent/runtime/parallel.py).
     ulysses: int = Field(default=1, ge=1, le=64)
-    # CFG parallelism: the conditional and unconditional branches of each CFG step on two GPUs (CPU processes).
+    # CFG parallelism: the conditional and unconditional branches of each CFG step on two GPUs (CPU processes); with
+    # ulysses, on two Ulysses groups (ulysses x 2 GPUs).
     cfg_parallel: bool = False
+    # The VAE decode split over the ranks of such a trial, one overlapping tile each (agent/runtime/parallel_decode.py).
+    vae_parallel: bool = False
 
     @model_validator(mode="after")
     def _one_low_precision_path(self) -> Knobs:
         if self.fp4 != "none" and self.fp8 != "none":
             raise ValueError(f"fp4={self.fp4} and fp8={self.fp8} both set; a layer is quantized one way: keep one")
-        if self.cfg_parallel and self.ulysses > 1:
-            raise ValueError(f"cfg_parallel with ulysses={self.ulysses}: one way of splitting a trial at a time, for now")
         return self
 
     def describe(self) -> str:
@@ -108,10 +112,11 @@ class Knobs(Strict):
             parts.append("lightning")
         parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]
         defaults = Knobs.model_fields
-        for name in ("runtime", "attention", "compile", "offload", "vae_decode", "ulysses"):
+        for name in ("runtime", "attention", "compile", "inductor_tuning", "offload", "vae_decode", "ulysses"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
-        parts += [flag for flag in ("attention_fp8", "vae_tiling", "text_encoder_on_cpu", "cfg_parallel") if getattr(self, flag)]
+        flags = ("attention_fp8", "vae_tiling", "text_encoder_on_cpu", "cfg_parallel", "vae_parallel")
+        parts += [flag for flag in flags if getattr(self, flag)]
         return ", ".join(parts)
 
 

@@ -1,8 +1,10 @@
 """A trial over several processes (GPUs, or CPU processes on a machine without one): started by torchrun, one rank
-per process, each on its own GPU. Two ways to share the work: the experts' self-attention split over the ranks with
-diffusers' own context parallelism (``ulysses``: each rank holds 1/N of the tokens, all-to-all over the heads), or
-CFG's two branches on two ranks (``cfg_parallel``). Every rank runs the same code (each collective needs them all);
-rank 0 writes the trial's files, the others write theirs under ``ranks/N``.
+per process, each on its own GPU. Two ways to share the work, alone or together: the experts' self-attention split over
+the ranks with diffusers' own context parallelism (``ulysses``: each rank holds 1/N of the tokens, all-to-all over the
+heads), and CFG's two branches on two halves of the ranks (``cfg_parallel``). The ranks form a mesh (cfg, ring,
+ulysses): a Ulysses group is consecutive ranks (GPUs next to each other), the two CFG halves exchange one output per
+step. Every rank runs the same code (each collective needs them all); rank 0 writes the trial's files, the others
+write theirs under ``ranks/N``.
 torch is imported where it is used: the agent's process only asks how to launch a trial.
 """
 
@@ -66,13 +68,28 @@ def join(config: TrialConfig) -> tuple[Rank | None, TrialConfig]:
 def supports_context_parallel(backend: str) -> bool:
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
+    from agent.runtime import kernels
     from agent.runtime.attention import known_backends
 
+    if backend in kernels.CONTEXT_PARALLEL_BACKENDS:  # registered so by the trial's process once FA3 is bound
+        return True
     return backend in known_backends() and _AttentionBackendRegistry._is_context_parallel_available(AttentionBackendName(backend))
 
 
-def split_attention(pipe, knobs: Knobs) -> dict:
-    """Each expert's self-attention split over the ranks (diffusers' context-parallel plan for Wan)."""
+def mesh(knobs: Knobs):
+    """The ranks as a (cfg, ring, ulysses) device mesh, the shape diffusers' context parallelism accepts with extra
+    dimensions; made once per process, after ``join``."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device_type = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    shape = (2 if knobs.cfg_parallel else 1, 1, knobs.ulysses)
+    return init_device_mesh(device_type, shape, mesh_dim_names=("cfg", "ring", "ulysses"))
+
+
+def split_attention(pipe, knobs: Knobs, ranks) -> dict:
+    """Each expert's self-attention split over the ranks of its Ulysses group (diffusers' context-parallel plan for
+    Wan), ``ranks`` the mesh from ``mesh``."""
     from diffusers import ContextParallelConfig
 
     from agent.runtime.pipeline import experts
@@ -81,24 +98,25 @@ def split_attention(pipe, knobs: Knobs) -> dict:
         heads = expert.config.num_attention_heads
         if heads % knobs.ulysses:
             raise ValueError(f"ulysses={knobs.ulysses} must divide the model's {heads} attention heads")
-        expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=knobs.ulysses))
+        expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=knobs.ulysses, mesh=ranks))
     return {"context_parallel": {"ulysses": knobs.ulysses, "ranks": world_size(knobs)}}
 
 
 class CfgSplit:
-    """A diffusers model hook on an expert: at a conditional forward, rank 0 computes it and rank 1 the unconditional
-    one with the same latents and timestep, and both gather both; the unconditional call that follows (the same
-    inputs, the negative prompt) returns the gathered result without computing. Any other call is computed on every
-    rank alone, so the ranks stay in step whatever calls come (a call with no CFG after it only wastes rank 1's)."""
+    """A diffusers model hook on an expert: at a conditional forward, the first CFG half of the ranks computes it
+    and the second the unconditional one with the same latents and timestep, and both gather both; the
+    unconditional call that follows (the same inputs, the negative prompt) returns the gathered result without
+    computing. Any other call is computed on every rank alone, so the ranks stay in step whatever calls come (a call
+    with no CFG after it only wastes the second half's)."""
 
-    def __init__(self, rank: int):
+    def __init__(self, half: int, group):
         from diffusers.hooks import ModelHook
 
         class Hook(ModelHook):
             def new_forward(hook, module, *args, **kwargs):  # noqa: N805 (the hook is diffusers')
                 return self.forward(hook.fn_ref.original_forward, *args, **kwargs)
 
-        self.hook, self.rank = Hook(), rank
+        self.hook, self.half, self.group = Hook(), half, group
         self.negative = None  # the negative prompt's embeddings, set by remember_negative
         self.pending: tuple | None = None  # (latents, timestep, unconditional output)
 
@@ -113,10 +131,10 @@ class CfgSplit:
             if pending is not None and pending[0] is latents and pending[1] is timestep:
                 return (pending[2],)
             return original(*args, **kwargs)
-        mine = kwargs if self.rank == 0 else kwargs | {"encoder_hidden_states": self.negative.to(text.dtype)}
+        mine = kwargs if self.half == 0 else kwargs | {"encoder_hidden_states": self.negative.to(text.dtype)}
         output = original(*args, **mine)[0].contiguous()
         both = [torch.empty_like(output) for _ in range(2)]
-        torch.distributed.all_gather(both, output)
+        torch.distributed.all_gather(both, output, group=self.group)
         self.pending = (latents, timestep, both[1])
         return (both[0],)
 
@@ -127,18 +145,20 @@ def _same(a, b) -> bool:
     return a is b or (a.shape == b.shape and bool(torch.equal(a, b.to(a.dtype))))
 
 
-def split_cfg(pipe, rank: int) -> dict:
-    """CFG's branches on two ranks, in each expert (agent.runtime.generate tells the hooks the negative prompt)."""
+def split_cfg(pipe, ranks) -> dict:
+    """CFG's branches on the two halves of the mesh ``ranks``, in each expert (agent.runtime.generate tells the hooks
+    the negative prompt)."""
     from diffusers.hooks import HookRegistry
 
     from agent.runtime.pipeline import experts
 
+    cfg = ranks["cfg"]
     pipe._cfg_splits = []
     for expert in experts(pipe):
-        split = CfgSplit(rank)
+        split = CfgSplit(cfg.get_local_rank(), cfg.get_group())
         HookRegistry.check_if_exists_or_initialize(expert).register_hook(split.hook, "wan_agent_cfg_parallel")
         pipe._cfg_splits.append(split)
-    return {"cfg_parallel": {"ranks": 2}}
+    return {"cfg_parallel": {"ranks": ranks.size()}}
 
 
 def remember_negative(pipe, negative) -> None:

@@ -13,7 +13,7 @@ import time
 import torch
 
 from agent.capabilities import FP4_COMPUTE_MIN_CAPABILITY, FP8_COMPUTE_MIN_CAPABILITY
-from agent.runtime import attention, memory, parallel
+from agent.runtime import attention, memory, parallel, parallel_decode
 from agent.runtime.config import Knobs, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
 
@@ -68,7 +68,8 @@ def apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
 
     granularity = PerRow() if knobs.fp8 == "torchao_row" else PerTensor()
     for expert in experts(pipe):
-        quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=granularity), filter_fn=fp8_compute_filter)
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=knobs.inductor_tuning)
+        quantize_(expert, config, filter_fn=fp8_compute_filter)
 
 
 def _apply_fp4(pipe, device: torch.device) -> None:
@@ -201,10 +202,13 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         pipe.vae.enable_tiling()
     if knobs.vae_decode != "eager":
         tune_vae(pipe.vae, knobs.vae_decode)
+    ranks = parallel.mesh(knobs) if parallel.world_size(knobs) > 1 else None
     if knobs.ulysses > 1:  # before compile: the plan's hooks go on the modules compile wraps
-        setup |= parallel.split_attention(pipe, knobs)
+        setup |= parallel.split_attention(pipe, knobs, ranks)
     if knobs.cfg_parallel:
-        setup |= parallel.split_cfg(pipe, torch.distributed.get_rank())
+        setup |= parallel.split_cfg(pipe, ranks)
+    if knobs.vae_parallel:
+        setup |= parallel_decode.split_decode(pipe)
     if knobs.compile != "none":
         _compile(pipe, knobs.compile)
     synchronize(device)

@@ -54,7 +54,7 @@ def test_fp8_attention_compiles_into_one_graph_with_what_comes_before_it():
     from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
     kernels.fa3_source()
-    kernels.use_fp8_attention()
+    kernels.set_fp8_attention(True)
     q, k, v = qkv(seed=2)
 
     def block(q, k, v):  # the scale stands for the RoPE and norms the quantization fuses with

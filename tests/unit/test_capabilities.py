@@ -67,5 +67,6 @@ def test_attention_kernels_are_refused_where_the_hardware_or_diffusers_cannot_ru
     assert "attention=_native_cudnn has no FP8 path" in cannot_run(cudnn_fp8, H100, "auto")
     two = {"gpus": [H100["gpus"][0], H100["gpus"][0] | {"index": 1}]}
     assert cannot_run(Knobs(attention="_native_cudnn", ulysses=2), two, "auto") is None
-    reason = cannot_run(Knobs(attention="_flash_3", ulysses=2), two, "auto")
-    assert "context parallelism" in reason and "attention=_flash_3" in reason
+    assert cannot_run(Knobs(attention="_flash_3", attention_fp8=True, ulysses=2), two, "auto") is None  # kernels.py's
+    reason = cannot_run(Knobs(attention="flex", ulysses=2), two, "auto")
+    assert "context parallelism" in reason and "attention=flex" in reason
