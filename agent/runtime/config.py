@@ -79,9 +79,11 @@ class Knobs(Strict):
     # Self-attention's q/k/v in float8 e4m3 (one scale per head), on FA3 (attention: _flash_3; agent/runtime/kernels.py).
     attention_fp8: bool = False
     compile: CompileMode = "none"
-    # torchao's recommended Inductor settings with FP8 linears (coordinate-descent tuning of every generated kernel,
-    # process-wide): faster kernels, maybe, for minutes more of compiling on a cold cache.
-    inductor_tuning: bool = True
+    # torchao's recommended Inductor settings with FP8 linears: coordinate-descent tuning of every generated kernel,
+    # process-wide. Off: on an H100 the converged Lightning configuration's first forwards took 21 s on a cold cache
+    # with it off against 486 s with it on, and its step 1.860 s against 1.879 (two machines of the same kind;
+    # benchmarks/results/h100-2026-11-26/agent-run-no-tuning and agent-run-attention).
+    inductor_tuning: bool = False
     offload: OffloadMode = "none"
     vae_tiling: bool = False
     vae_decode: VaeDecode = "eager"

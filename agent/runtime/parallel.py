@@ -99,7 +99,22 @@ def split_attention(pipe, knobs: Knobs, ranks) -> dict:
         if heads % knobs.ulysses:
             raise ValueError(f"ulysses={knobs.ulysses} must divide the model's {heads} attention heads")
         expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=knobs.ulysses, mesh=ranks))
+        _read_signatures(expert)
     return {"context_parallel": {"ulysses": knobs.ulysses, "ranks": world_size(knobs)}}
+
+
+def _read_signatures(expert) -> None:
+    """diffusers' split hooks read their module's forward signature (inspect) at the first call, which Dynamo cannot
+    trace inside a compiled block (`compile: regional`): read them now."""
+    import inspect
+
+    for module in expert.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook in registry.hooks.values() if registry is not None else ():
+            found = getattr(hook, "module_forward_metadata", None)
+            if found is not None and found.cached_parameter_indices is None:
+                names = list(inspect.signature(found._cls.forward).parameters)[1:]  # without self
+                found.cached_parameter_indices = {name: i for i, name in enumerate(names)}
 
 
 class CfgSplit:

@@ -132,8 +132,8 @@ def tune_vae(vae, mode: str) -> None:
         # The decoder's blocks share a few forward functions called at a dozen shapes each: past Dynamo's
         # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so: 1.26 s against
         # 1.72 channels-last, ~90 s to compile. torchao's FP8 quantize_ turns on Inductor's coordinate-descent
-        # tuning for the whole process (recommended_inductor_config_setter); with it, the decoder's first decode
-        # ran past 5 min on an H100 (and past 4 min with Dynamo's limit raised). Compiled as measured, without it.
+        # tuning for the whole process where `inductor_tuning` lets it (recommended_inductor_config_setter); with
+        # it, the decoder's first decode ran past 5 min on an H100. The decoder is compiled without it, always.
         vae.decoder.compile(dynamic=False, options=VAE_INDUCTOR_OPTIONS)
 
 
