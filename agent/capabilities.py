@@ -57,7 +57,7 @@ def _attention_problem(knobs: Knobs, gpus: list[dict], fp8_cores: bool, found: s
         return f"attention_fp8 runs on FlashAttention-3 (attention: {on}); attention={knobs.attention} has no FP8 path"
     if knobs.attention_fp8 and not fp8_cores:
         return f"attention_fp8 needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
-    if knobs.ulysses > 1 and not parallel.supports_context_parallel(knobs.attention):
+    if knobs.ulysses > 1 and knobs.runtime != "official" and not parallel.supports_context_parallel(knobs.attention):
         return (
             f"ulysses={knobs.ulysses} splits attention with diffusers' context parallelism, which attention={knobs.attention} "
             "does not support (native, _native_cudnn and _flash_3 do)"

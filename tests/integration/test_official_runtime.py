@@ -99,6 +99,9 @@ def test_settings_the_reference_code_has_no_counterpart_for_are_refused_before_a
     assert "vae_tiling" in support.refusal(Knobs(runtime="official", vae_tiling=True), on_gpu=True)
     assert "attention=flash_hub" in support.refusal(Knobs(runtime="official", attention="flash_hub"), on_gpu=True)
     assert support.refusal(Knobs(runtime="official", fp8="torchao_row", compile="regional"), on_gpu=True) is None
+    assert support.refusal(Knobs(runtime="official", ulysses=4), on_gpu=True) is None  # its own sequence parallelism
+    assert "not cfg_parallel" in support.refusal(Knobs(runtime="official", cfg_parallel=True), on_gpu=True)
+    assert "not offload=model" in support.refusal(Knobs(runtime="official", ulysses=2, offload="model"), on_gpu=True)
     code, result, _ = work(config(model, tmp_path / "bf16", runtime="official"))
     assert code == 1 and "on the CPU it needs precision fp32" in result["error"]["message"]
     assert json.loads((tmp_path / "bf16" / "trial.json").read_text())["knobs"]["runtime"] == "official"

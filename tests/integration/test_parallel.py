@@ -150,3 +150,17 @@ def test_ulysses_ranks_run_compiled_blocks(model, tmp_path):
     split = execute(trial(model, tmp_path / "compiled", ulysses=3, compile="regional", steps=2))
     assert split["result"]["status"] == "ok", split["session"]
     assert split["result"]["stages"]["first_forwards_s"] > 1.0  # compiled
+
+
+def test_the_official_codes_own_sequence_parallelism_makes_its_single_process_clip(model, tmp_path):
+    # 64x64, 5 frames: 32 tokens, which the reference pads to 33 for three ranks; the padding masked by the true length
+    odd = Workload(prompt="A cat walking on the grass", height=64, width=64, frames=5, seed=7)
+    single = execute(trial(model, tmp_path / "single", runtime="official").model_copy(update={"workload": odd}))
+    sp = trial(model, tmp_path / "sp", runtime="official", ulysses=3)
+    split = execute(sp.model_copy(update={"workload": odd, "reference_dir": str(tmp_path / "single")}))
+    assert single["result"]["status"] == "ok" and split["result"]["status"] == "ok", split["session"]
+    assert split["result"]["setup"]["runtime"]["sequence_parallel"]["ulysses"] == 3
+    # The experts' outputs as the single process's: the padded token masked (unmasked, they moved by 6e-3)
+    assert max(split["result"]["fidelity"]["relative_error"].values()) < 1e-5
+    frames = [np.load(tmp_path / name / "frames.npy").astype(int) for name in ("single", "sp")]
+    assert frames[0].shape == frames[1].shape and np.abs(frames[0] - frames[1]).max() <= 1

@@ -60,9 +60,10 @@ def code() -> tuple[Path, str]:
 @cache
 def module(name: str) -> types.ModuleType:
     """``wan/modules/NAME.py`` of the official code (``model``, ``attention``, ``t5``, ``vae2_1``), or ``wan/NAME.py``
-    for a dotted name (``utils.fm_solvers_unipc``)."""
+    for a dotted name (``utils.fm_solvers_unipc``, ``distributed.ulysses``)."""
     folder, _ = code()
-    for package, path in ((PACKAGE, folder), *((f"{PACKAGE}.{sub}", folder / sub) for sub in ("modules", "utils"))):
+    subpackages = ((f"{PACKAGE}.{sub}", folder / sub) for sub in ("modules", "utils", "distributed"))
+    for package, path in ((PACKAGE, folder), *subpackages):
         if package not in sys.modules:  # a package whose __init__.py is not run: it imports every pipeline
             mounted = types.ModuleType(package)
             mounted.__path__ = [str(path)]
@@ -114,6 +115,7 @@ def patch_attention(device: torch.device) -> dict:
     if problem is None:
         return {"patched": False, "kernel": "flash_attn", "reason": "flash_attn runs here"}
     module("model").flash_attention = attention_patch.flash_attention  # type: ignore[attr-defined]  # the DiT imported this name
+    module("distributed.ulysses").flash_attention = attention_patch.flash_attention  # type: ignore[attr-defined]  # and this one
     return {
         "patched": True,
         "missing": problem,

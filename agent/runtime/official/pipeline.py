@@ -31,7 +31,7 @@ from agent.runtime import pipeline as diffusers_runtime
 from agent.runtime.config import TrialConfig
 from agent.runtime.generate import TEXT_LEN  # the reference T5's context length too (wan/configs/shared_config.py)
 from agent.runtime.memory import UnsupportedOnHardware
-from agent.runtime.official import attention_patch, convert, modules, support
+from agent.runtime.official import attention_patch, convert, modules, split, support
 
 NUM_TRAIN_TIMESTEPS = 1000
 # Its fp32 regions are CUDA autocast; on the CPU (fp32 only) they say so at every call.
@@ -52,6 +52,7 @@ class Expert(torch.nn.Module):
     def __init__(self, model: Any, dtype: torch.dtype, onload=None):
         super().__init__()
         self.model, self.compute_dtype, self.onload = model, dtype, onload
+        self.ranks = 1  # the reference's sequence parallelism pads the tokens to a multiple of its ranks
         self.config = SimpleNamespace(patch_size=tuple(model.patch_size), in_channels=model.in_dim)
 
     @property
@@ -61,6 +62,7 @@ class Expert(torch.nn.Module):
     def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
         _, p_h, p_w = self.config.patch_size
         frames, height, width = hidden_states.shape[2:]
+        tokens = frames * (height // p_h) * (width // p_w)
         if self.onload is not None:
             self.onload(self.model)
         with _autocast(hidden_states.device, self.compute_dtype):
@@ -68,7 +70,7 @@ class Expert(torch.nn.Module):
                 list(hidden_states),
                 t=timestep,
                 context=list(encoder_hidden_states),
-                seq_len=frames * (height // p_h) * (width // p_w),
+                seq_len=-(-tokens // self.ranks) * self.ranks,  # as WanT2V.generate: a whole share per rank
             )
         return (torch.stack(out),)
 
@@ -206,6 +208,12 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     stages["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     inner = SimpleNamespace(transformer=official.transformer.model, transformer_2=getattr(official.transformer_2, "model", None))
+    sequence_parallel = None
+    if knobs.ulysses > 1:  # before compile: the patched forwards are what the blocks compile
+        sequence_parallel = split.split_sequence(diffusers_runtime.experts(inner), knobs.ulysses)
+        for expert in (official.transformer, official.transformer_2):
+            if expert is not None:
+                expert.ranks = knobs.ulysses
     if knobs.fp8 != "none":
         diffusers_runtime.apply_fp8(inner, knobs, device)
     if knobs.compile != "none":  # each block on its own: the attention stand-in's length check breaks a whole graph
@@ -229,6 +237,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
             "weights": "the trial's diffusers-layout weights, renamed into the reference modules (no copy)",
             # what was applied to the reference experts' modules (the DiT blocks, their linear layers)
             "experts": {"fp8": knobs.fp8, "compile": knobs.compile, "vae_decode": knobs.vae_decode},
+            "sequence_parallel": sequence_parallel,
         },
         "attention_patch": patch,
     }

@@ -1,0 +1,45 @@
+"""The official code's own sequence parallelism on a trial's torchrun ranks: what Wan2.2's generate.py runs with
+``--ulysses_size N`` (without ``--dit_fsdp``: every rank holds each whole expert).
+
+As ``WanT2V._configure_model`` (wan/text2video.py) does, each reference expert's forward becomes
+``wan/distributed/sequence_parallel.py``'s ``sp_dit_forward`` (the tokens padded to a multiple of N and cut into one
+share per rank; the output gathered on every rank, so all ranks keep the same latents) and each self-attention's
+``sp_attn_forward`` (Ulysses: an all-to-all from tokens to heads, attention, and back). That attention goes through
+``wan/distributed/ulysses.py``'s own import of ``flash_attention``, which ``modules.patch_attention`` replaces with the
+masked stand-in where flash_attn cannot run: the padding is masked by the true length, as the reference's varlen call
+does. The reference code splits over the whole process group, so only ``ulysses`` (N = all ranks) is honoured.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from agent.runtime.official import modules
+
+CODE = "wan/distributed/sequence_parallel.py (sp_dit_forward, sp_attn_forward), wan/distributed/ulysses.py"
+
+
+def split_sequence(experts: list, ranks: int) -> dict:
+    """Patch each reference ``WanModel`` in ``experts`` to split its tokens over the ``ranks`` of the process group."""
+    sp = modules.module("distributed.sequence_parallel")
+    for model in experts:
+        if model.num_heads % ranks:
+            raise ValueError(f"ulysses={ranks} must divide the model's {model.num_heads} attention heads")
+        for block in model.blocks:
+            block.self_attn.forward = types.MethodType(sp.sp_attn_forward, block.self_attn)
+            block.self_attn.o.register_forward_pre_hook(_input_as_weight)
+        model.forward = types.MethodType(sp.sp_dit_forward, model)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return {"ulysses": ranks, "code": CODE}
+
+
+def _input_as_weight(linear: torch.nn.Linear, args: tuple):
+    """``sp_attn_forward`` hands its attention output to the o-projection in bf16 (as flash_attn returns it), which CUDA
+    autocast takes; outside autocast (fp32 on the CPU) the projection gets it back in its weights' dtype."""
+    (x,) = args
+    if x.dtype == linear.weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return None
+    return (x.to(linear.weight.dtype),)
