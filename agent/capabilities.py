@@ -35,7 +35,8 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     if (problem := _attention_problem(knobs, gpus, fp8_cores, found)) is not None:
         return problem
     ranks = parallel.world_size(knobs)
-    split = " with ".join([f"ulysses={knobs.ulysses}"] * (knobs.ulysses > 1) + ["cfg_parallel"] * knobs.cfg_parallel)
+    splits = [f"{name}={getattr(knobs, name)}" for name in ("ulysses", "ring") if getattr(knobs, name) > 1]
+    split = " with ".join(splits + ["cfg_parallel"] * knobs.cfg_parallel)
     if ranks > 1 and gpus and gpu_map.rank_gpus(hardware, ranks) is None:
         return f"{split} splits the work over {ranks} GPUs; this machine shows {len(gpu_map.visible(hardware) or [])} ({found})"
     if knobs.vae_parallel and ranks == 1:
@@ -57,6 +58,13 @@ def _attention_problem(knobs: Knobs, gpus: list[dict], fp8_cores: bool, found: s
         return f"attention_fp8 runs on FlashAttention-3 (attention: {on}); attention={knobs.attention} has no FP8 path"
     if knobs.attention_fp8 and not fp8_cores:
         return f"attention_fp8 needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
+    if knobs.ring > 1 and (knobs.attention == "native" or knobs.attention_fp8):
+        return (
+            f"ring={knobs.ring} merges each rank's attention by its log-sum-exp, which attention={knobs.attention}"
+            f"{' in FP8' if knobs.attention_fp8 else ''} does not return (_native_cudnn and _flash_3 in bf16 do)"
+        )
+    if knobs.ring > 1 and not parallel.supports_context_parallel(knobs.attention):
+        return f"ring={knobs.ring} is diffusers' context parallelism, which attention={knobs.attention} does not support"
     if knobs.ulysses > 1 and knobs.runtime != "official" and not parallel.supports_context_parallel(knobs.attention):
         return (
             f"ulysses={knobs.ulysses} splits attention with diffusers' context parallelism, which attention={knobs.attention} "

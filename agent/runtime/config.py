@@ -91,6 +91,9 @@ class Knobs(Strict):
     # Context parallelism: the experts' tokens split over this many GPUs (CPU processes without one), diffusers'
     # Ulysses attention (all-to-all over the heads, which it must divide); started by torchrun (agent/runtime/parallel.py).
     ulysses: int = Field(default=1, ge=1, le=64)
+    # Ring attention: the tokens split over this many more GPUs, keys and values passed around the ring (any head
+    # count; with ulysses, ulysses x ring GPUs). Needs a backend that returns the log-sum-exp (not native, not FP8).
+    ring: int = Field(default=1, ge=1, le=64)
     # CFG parallelism: the conditional and unconditional branches of each CFG step on two GPUs (CPU processes); with
     # ulysses, on two Ulysses groups (ulysses x 2 GPUs).
     cfg_parallel: bool = False
@@ -114,7 +117,7 @@ class Knobs(Strict):
             parts.append("lightning")
         parts += [f"{self.steps} steps", f"cfg {self.guidance_scale:g}/{self.guidance_scale_2:g}", f"shift {self.flow_shift:g}"]
         defaults = Knobs.model_fields
-        for name in ("runtime", "attention", "compile", "inductor_tuning", "offload", "vae_decode", "ulysses"):
+        for name in ("runtime", "attention", "compile", "inductor_tuning", "offload", "vae_decode", "ulysses", "ring"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
         flags = ("attention_fp8", "vae_tiling", "text_encoder_on_cpu", "cfg_parallel", "vae_parallel")

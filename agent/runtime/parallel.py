@@ -1,10 +1,10 @@
 """A trial over several processes (GPUs, or CPU processes on a machine without one): started by torchrun, one rank
 per process, each on its own GPU. Two ways to share the work, alone or together: the experts' self-attention split over
 the ranks with diffusers' own context parallelism (``ulysses``: each rank holds 1/N of the tokens, all-to-all over the
-heads), and CFG's two branches on two halves of the ranks (``cfg_parallel``). The ranks form a mesh (cfg, ring,
-ulysses): a Ulysses group is consecutive ranks (GPUs next to each other), the two CFG halves exchange one output per
-step. Every rank runs the same code (each collective needs them all); rank 0 writes the trial's files, the others
-write theirs under ``ranks/N``.
+heads; ``ring``: keys and values passed around the ranks instead), and CFG's two branches on two halves of the ranks
+(``cfg_parallel``). The ranks form a mesh (cfg, ring, ulysses): a Ulysses group is consecutive ranks (GPUs next to
+each other), the two CFG halves exchange one output per step. Every rank runs the same code (each collective needs
+them all); rank 0 writes the trial's files, the others write theirs under ``ranks/N``.
 torch is imported where it is used: the agent's process only asks how to launch a trial.
 """
 
@@ -29,7 +29,7 @@ class Rank:
 
 def world_size(knobs: Knobs) -> int:
     """How many processes a trial with ``knobs`` runs in."""
-    return knobs.ulysses * (2 if knobs.cfg_parallel else 1)
+    return knobs.ulysses * knobs.ring * (2 if knobs.cfg_parallel else 1)
 
 
 def launcher(python: str, knobs: Knobs, module: str = "agent.runtime.worker") -> list[str]:
@@ -83,13 +83,13 @@ def mesh(knobs: Knobs):
     from torch.distributed.device_mesh import init_device_mesh
 
     device_type = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-    shape = (2 if knobs.cfg_parallel else 1, 1, knobs.ulysses)
+    shape = (2 if knobs.cfg_parallel else 1, knobs.ring, knobs.ulysses)
     return init_device_mesh(device_type, shape, mesh_dim_names=("cfg", "ring", "ulysses"))
 
 
 def split_attention(pipe, knobs: Knobs, ranks) -> dict:
-    """Each expert's self-attention split over the ranks of its Ulysses group (diffusers' context-parallel plan for
-    Wan), ``ranks`` the mesh from ``mesh``."""
+    """Each expert's self-attention split over the ranks of its Ulysses and ring groups (diffusers' context-parallel
+    plan for Wan), ``ranks`` the mesh from ``mesh``."""
     from diffusers import ContextParallelConfig
 
     from agent.runtime.pipeline import experts
@@ -98,9 +98,10 @@ def split_attention(pipe, knobs: Knobs, ranks) -> dict:
         heads = expert.config.num_attention_heads
         if heads % knobs.ulysses:
             raise ValueError(f"ulysses={knobs.ulysses} must divide the model's {heads} attention heads")
-        expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=knobs.ulysses, mesh=ranks))
+        config = ContextParallelConfig(ulysses_degree=knobs.ulysses, ring_degree=knobs.ring, mesh=ranks)
+        expert.enable_parallelism(config=config)
         _read_signatures(expert)
-    return {"context_parallel": {"ulysses": knobs.ulysses, "ranks": world_size(knobs)}}
+    return {"context_parallel": {"ulysses": knobs.ulysses, "ring": knobs.ring, "ranks": world_size(knobs)}}
 
 
 def _read_signatures(expert) -> None:

@@ -203,7 +203,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
     if knobs.vae_decode != "eager":
         tune_vae(pipe.vae, knobs.vae_decode)
     ranks = parallel.mesh(knobs) if parallel.world_size(knobs) > 1 else None
-    if knobs.ulysses > 1:  # before compile: the plan's hooks go on the modules compile wraps
+    if knobs.ulysses > 1 or knobs.ring > 1:  # before compile: the plan's hooks go on the modules compile wraps
         setup |= parallel.split_attention(pipe, knobs, ranks)
     if knobs.cfg_parallel:
         setup |= parallel.split_cfg(pipe, ranks)

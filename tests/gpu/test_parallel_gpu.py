@@ -1,6 +1,7 @@
-"""Trials over several GPUs (issue 17), on the synthetic A14B at a small size: Ulysses context parallelism (on cuDNN,
-and on FA3 in FP8), CFG's branches on two ranks and both at once make the single GPU's clip, the decode split over the
-ranks makes a tiled one, and the trial is watched on every GPU. Each case is skipped with fewer GPUs than it splits
+"""Trials over several GPUs (issue 17), on the synthetic A14B at a small size: Ulysses context parallelism (on FA3 in
+FP8), CFG's branches and Ulysses at once, ring attention (on FA3, which hands diffusers its log-sum-exp), and the
+official code's own sequence parallelism make the single GPU's clip, the decode split over the ranks makes a tiled
+one, and the trial is watched on every GPU. Each case is skipped with fewer GPUs than it splits
 over, and the FA3 one without Hopper and an FA3 source."""
 
 import os
@@ -36,7 +37,7 @@ def execute(cfg: TrialConfig, gpus) -> dict:
     return trials.execute(f"gpu-parallel-{os.getpid()}", out, deadline_s=900, idle_timeout_s=600, gpu=gpus)
 
 
-SPLITS = ("ulysses", "cfg_parallel", "vae_parallel")
+SPLITS = ("ulysses", "ring", "cfg_parallel", "vae_parallel")
 FA3 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9 and kernels.fa3_source() is not None
 
 
@@ -61,8 +62,10 @@ def singles(tmp_path_factory) -> dict:
         {"ulysses": 2, "cfg_parallel": True},
         {"ulysses": 2, "attention": "_flash_3", "attention_fp8": True},
         {"ulysses": 2, "vae_parallel": True},
+        {"ring": 2, "attention": "_flash_3"},
+        {"ulysses": 2, "runtime": "official", "attention": "_native_cudnn"},
     ],
-    ids=["ulysses-x-cfg", "ulysses-fa3-fp8", "split-decode"],
+    ids=["ulysses-x-cfg", "ulysses-fa3-fp8", "split-decode", "ring-fa3", "official-ulysses"],
 )
 def test_several_gpus_make_the_single_gpus_clip_and_are_all_watched(tmp_path, singles, split):
     ranks = parallel.world_size(Knobs(**split))

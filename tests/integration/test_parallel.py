@@ -46,7 +46,7 @@ def test_three_ranks_make_the_single_process_clip(model, tmp_path):
     split = execute(trial(model, tmp_path / "ulysses", ulysses=3))
     assert single["result"]["status"] == "ok" and split["result"]["status"] == "ok", split["session"]
     result = split["result"]
-    assert result["setup"]["context_parallel"] == {"ulysses": 3, "ranks": 3}
+    assert result["setup"]["context_parallel"] == {"ulysses": 3, "ring": 1, "ranks": 3}
     assert result["config"]["output_dir"] == str(tmp_path / "ulysses")  # rank 0's record
     for rank in (1, 2):  # the other ranks wrote only under ranks/N
         assert (tmp_path / "ulysses" / "ranks" / str(rank) / "result.json").is_file()
@@ -118,7 +118,7 @@ def test_ulysses_groups_on_each_cfg_branch_make_the_single_process_clip(model, t
     split = execute(trial(model, tmp_path / "both", ulysses=3, cfg_parallel=True))
     assert single["result"]["status"] == "ok" and split["result"]["status"] == "ok", split["session"]
     setup = split["result"]["setup"]
-    assert setup["context_parallel"] == {"ulysses": 3, "ranks": 6} and setup["cfg_parallel"] == {"ranks": 6}
+    assert setup["context_parallel"] == {"ulysses": 3, "ring": 1, "ranks": 6} and setup["cfg_parallel"] == {"ranks": 6}
     frames = [np.load(tmp_path / name / "frames.npy").astype(int) for name in ("single", "both")]
     assert np.abs(frames[0] - frames[1]).max() <= 1
 

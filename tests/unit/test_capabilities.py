@@ -70,3 +70,7 @@ def test_attention_kernels_are_refused_where_the_hardware_or_diffusers_cannot_ru
     assert cannot_run(Knobs(attention="_flash_3", attention_fp8=True, ulysses=2), two, "auto") is None  # kernels.py's
     reason = cannot_run(Knobs(attention="flex", ulysses=2), two, "auto")
     assert "context parallelism" in reason and "attention=flex" in reason
+    assert cannot_run(Knobs(attention="_flash_3", ring=2), two, "auto") is None
+    assert "log-sum-exp" in cannot_run(Knobs(attention="native", ring=2), two, "auto")
+    assert "in FP8 does not return" in cannot_run(Knobs(attention="_flash_3", attention_fp8=True, ring=2), two, "auto")
+    assert "ring=2 splits the work over 2 GPUs" in cannot_run(Knobs(attention="_native_cudnn", ring=2), H100, "auto")

@@ -36,8 +36,8 @@ def refusal(knobs: Knobs, on_gpu: bool) -> str | None:
             return f"runtime official does not take {name}={getattr(knobs, name)}: {why}"
     if knobs.offload not in ("none", "auto", "model"):
         return f"runtime official does not take offload={knobs.offload}: the reference code moves whole experts (model)"
-    if knobs.cfg_parallel or knobs.vae_parallel:
-        return "runtime official splits a trial only by its own sequence parallelism (ulysses): not cfg_parallel, vae_parallel"
+    if knobs.cfg_parallel or knobs.vae_parallel or knobs.ring > 1:
+        return "runtime official splits a trial by its own sequence parallelism (ulysses): not cfg_parallel, vae_parallel, ring"
     if knobs.ulysses > 1 and knobs.offload == "model":
         return "runtime official with ulysses keeps every expert on every GPU (as its generate.py does): not offload=model"
     if knobs.attention not in SDPA_BACKENDS:
