@@ -82,7 +82,7 @@ class Knobs(Strict):
     # torchao's recommended Inductor settings with FP8 linears: coordinate-descent tuning of every generated kernel,
     # process-wide. Off: on an H100 the converged Lightning configuration's first forwards took 21 s on a cold cache
     # with it off against 486 s with it on, and its step 1.860 s against 1.879 (two machines of the same kind;
-    # benchmarks/results/h100-2026-11-26/agent-run-no-tuning and agent-run-attention).
+    # benchmarks/results/h100-2026-11-26/agent-run-no-tuning and agent-run-attention). Only with torchao FP8 (fp8).
     inductor_tuning: bool = False
     offload: OffloadMode = "none"
     vae_tiling: bool = False

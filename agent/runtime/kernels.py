@@ -102,7 +102,9 @@ def _(q, k, v, q_descale, k_descale, v_descale, softmax_scale, causal):
 
 def _attend(query, key, value, scale: float | None, is_causal: bool, return_lse: bool):
     """FA3 on whole sequences (one rank's heads under Ulysses): FP8 for self-attention where it is on, else bf16."""
-    if _fp8 and key.shape[1] == query.shape[1] and not return_lse and _interface is not None:
+    if _fp8 and key.shape[1] == query.shape[1] and return_lse:
+        raise ValueError("FP8 attention returns no log-sum-exp, which ring attention merges by: run ring in bf16")
+    if _fp8 and key.shape[1] == query.shape[1] and _interface is not None:
         (q, q_descale), (k, k_descale), (v, v_descale) = (quantize_per_head(t) for t in (query, key, value))
         return fa3_fp8(q, k, v, q_descale, k_descale, v_descale, scale, is_causal).to(query.dtype)
     from diffusers.models.attention_dispatch import _wrapped_flash_attn_3

@@ -87,6 +87,25 @@ def mesh(knobs: Knobs):
     return init_device_mesh(device_type, shape, mesh_dim_names=("cfg", "ring", "ulysses"))
 
 
+def tokens(pipe, height: int, width: int, frames: int) -> int:
+    """How many tokens the experts' self-attention sees for a clip of this size."""
+    from agent.runtime.attention import self_attention_shape
+
+    config = dict(pipe.transformer.config)
+    return self_attention_shape(config, height, width, frames, pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)[1]
+
+
+def uneven(knobs: Knobs, count: int) -> str | None:
+    """Why diffusers' context parallelism cannot cut ``count`` tokens into equal shares (it asserts mid-forward)."""
+    shares = knobs.ulysses * knobs.ring
+    if knobs.runtime == "official" or shares == 1 or count % shares == 0:  # the official code pads its tokens
+        return None
+    return (
+        f"{count} tokens do not split into {shares} equal shares (ulysses x ring): pick a size whose token count "
+        f"(latent frames x latent height x latent width / 4) the split divides"
+    )
+
+
 def split_attention(pipe, knobs: Knobs, ranks) -> dict:
     """Each expert's self-attention split over the ranks of its Ulysses and ring groups (diffusers' context-parallel
     plan for Wan), ``ranks`` the mesh from ``mesh``."""

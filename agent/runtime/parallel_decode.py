@@ -14,7 +14,9 @@ import math
 
 import torch
 
-OVERLAP = 8  # latent pixels two neighbouring tiles share: diffusers' tiled decode default (256-pixel tiles every 192)
+# Latent pixels two neighbouring tiles share: diffusers' tiled decode default for the A14B's 8x VAE (256-pixel tiles
+# every 192); for the 5B's 16x VAE it is 128 pixels, twice diffusers' overlap there.
+OVERLAP = 8
 
 
 def spans(length: int, parts: int, overlap: int = OVERLAP) -> list[tuple[int, int]]:
@@ -23,6 +25,7 @@ def spans(length: int, parts: int, overlap: int = OVERLAP) -> list[tuple[int, in
     stride = math.ceil(length / parts)
     if stride * (parts - 1) >= length:
         raise ValueError(f"a latent {length} pixels long cannot be cut into {parts} tiles")
+    overlap = min(overlap, stride)  # a tile's ramp must end inside its own share, or it fades into a second neighbour
     return [(i * stride, length if i == parts - 1 else min(length, (i + 1) * stride + overlap)) for i in range(parts)]
 
 
@@ -90,14 +93,14 @@ def blend(vae, tiles: list[list[torch.Tensor]], row_spans, col_spans, scale: int
     return torch.cat(rows, dim=3)
 
 
-def split_decode(pipe, group=None) -> dict:
-    """Make ``pipe.vae.decode`` the parallel decode over ``group`` (all ranks by default)."""
+def split_decode(pipe) -> dict:
+    """Make ``pipe.vae.decode`` the parallel decode over all the trial's ranks."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        raise ValueError("vae_parallel splits the decode over a parallel trial's ranks: set ulysses > 1 or cfg_parallel")
+        raise ValueError("vae_parallel splits the decode over a parallel trial's ranks: set ulysses, ring or cfg_parallel")
     if pipe.vae.use_tiling:
         raise ValueError("vae_parallel cuts the decode into one tile per rank itself: set vae_tiling false")
     vae = pipe.vae
-    vae.decode = ParallelDecode(vae, group)
-    return {"vae_parallel": {"ranks": dist.get_world_size(group), "overlap_latent_px": OVERLAP}}
+    vae.decode = ParallelDecode(vae, None)
+    return {"vae_parallel": {"ranks": dist.get_world_size(), "overlap_latent_px": OVERLAP}}

@@ -204,6 +204,9 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         tune_vae(pipe.vae, knobs.vae_decode)
     ranks = parallel.mesh(knobs) if parallel.world_size(knobs) > 1 else None
     if knobs.ulysses > 1 or knobs.ring > 1:  # before compile: the plan's hooks go on the modules compile wraps
+        work = config.workload
+        if (problem := parallel.uneven(knobs, parallel.tokens(pipe, work.height, work.width, work.frames))) is not None:
+            raise ValueError(problem)
         setup |= parallel.split_attention(pipe, knobs, ranks)
     if knobs.cfg_parallel:
         setup |= parallel.split_cfg(pipe, ranks)

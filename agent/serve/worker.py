@@ -5,7 +5,7 @@ It reports on its own stdout, one JSON object per line: ``ready``, ``progress``,
 ``load_failed`` (then exits 1). Everything else the libraries print goes to stderr, so a stray print cannot break a
 report. A job's clip is written whole or not at all (agent/files.py); a job that fails leaves the worker serving.
 
-A configuration converged over several GPUs (``ulysses``, ``cfg_parallel``) is served by a torchrun group kept warm:
+A configuration converged over several GPUs (``ulysses``, ``ring``, ``cfg_parallel``) is served by a torchrun group kept warm:
 the process the server starts becomes torchrun (exec, so it keeps the server as the parent whose death kills it), and
 each rank dies with torchrun. Rank 0 reads the jobs, reports and writes the clips; it hands each job to the other
 ranks (a broadcast), and all of them compute it together; the end of stdin ends every rank.
@@ -109,6 +109,12 @@ def generate(pipe, config: TrialConfig, device, output: Path | None, progress: C
     step, work = spatial_multiple(pipe), config.workload
     if work.width % step or work.height % step:  # never rounded behind the client's back, as the pipeline would
         raise ValueError(f"this model makes frames whose sides are multiples of {step}: {work.width}x{work.height} is not")
+    if config.knobs.runtime != "official" and (config.knobs.ulysses > 1 or config.knobs.ring > 1):
+        from agent.runtime import parallel
+
+        count = parallel.tokens(pipe, work.height, work.width, work.frames)
+        if (problem := parallel.uneven(config.knobs, count)) is not None:
+            raise ValueError(f"{work.width}x{work.height}, {work.frames} frames: {problem}")
     t0 = time.perf_counter()
     _set_shift(pipe, config.knobs.flow_shift)
     clip = run_clip(pipe, config, device, on_step)

@@ -21,6 +21,7 @@ def test_spans_cover_the_length_each_overlapping_the_next():
     assert parallel_decode.spans(104, 4) == [(0, 34), (26, 60), (52, 86), (78, 104)]
     with pytest.raises(ValueError, match="cannot be cut into 4 tiles"):
         parallel_decode.spans(3, 4)
+    assert parallel_decode.spans(17, 6) == [(0, 6), (3, 9), (6, 12), (9, 15), (12, 17), (15, 17)]  # overlap <= stride
 
 
 def test_the_grid_gives_the_smallest_tile():
@@ -50,10 +51,10 @@ def test_blending_the_tiles_of_a_pointwise_decode_rebuilds_the_frame(ranks, heig
 def test_the_tiles_blend_as_diffusers_tiled_decode_blends_the_same_tiles():
     model = sources.resolve("synthetic:tiny", Path(os.environ["WAN_AGENT_CACHE"]))
     vae = AutoencoderKLWan.from_pretrained(str(model.path), subfolder="vae").float()
-    z = torch.randn(1, vae.config.z_dim, 3, 12, 20, generator=torch.Generator().manual_seed(0))
-    rows, cols = parallel_decode.grid(3, 12, 20)
-    row_spans, col_spans = parallel_decode.spans(12, rows), parallel_decode.spans(20, cols)
-    assert (rows, cols) == (1, 3) and col_spans == [(0, 15), (7, 20), (14, 20)]
+    z = torch.randn(1, vae.config.z_dim, 3, 12, 40, generator=torch.Generator().manual_seed(0))
+    rows, cols = parallel_decode.grid(3, 12, 40)
+    row_spans, col_spans = parallel_decode.spans(12, rows), parallel_decode.spans(40, cols)
+    assert (rows, cols) == (1, 3) and col_spans == [(0, 22), (14, 36), (28, 40)]
 
     def pixels(video):
         return ((video.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 3, 0).numpy()
@@ -62,9 +63,9 @@ def test_the_tiles_blend_as_diffusers_tiled_decode_blends_the_same_tiles():
         whole = pixels(vae.decode(z).sample)
         tiles = [[vae.decode(z[:, :, :, a:b, c:d]).sample for c, d in col_spans] for a, b in row_spans]
         ours = pixels(parallel_decode.blend(vae, tiles, row_spans, col_spans, 8))
-        # diffusers' tiles: 15 latent pixels (120) every 7 (56) across, the whole height
+        # diffusers' tiles: 22 latent pixels (176) every 14 (112) across, the whole height
         vae.enable_tiling(
-            tile_sample_min_height=96, tile_sample_min_width=120, tile_sample_stride_height=96, tile_sample_stride_width=56
+            tile_sample_min_height=96, tile_sample_min_width=176, tile_sample_stride_height=96, tile_sample_stride_width=112
         )
         theirs = pixels(vae.decode(z).sample)
     assert ours.shape == whole.shape and np.isfinite(ours).all()

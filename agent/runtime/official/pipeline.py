@@ -194,6 +194,10 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     pipe, offload, offload_reason, lora = diffusers_runtime.load(config, dtype, device)
+    if knobs.ulysses > 1 and offload == "model":  # as its generate.py: sequence parallelism with resident experts
+        raise UnsupportedOnHardware(
+            f"runtime official with ulysses keeps its experts on every GPU, and they do not fit ({offload_reason})"
+        )
     if knobs.lightning:
         assert lora is not None
         diffusers_runtime.fuse_lightning(pipe, lora)  # fused in diffusers' layout, then converted with the rest
