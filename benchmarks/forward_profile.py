@@ -1,0 +1,117 @@
+"""What one expert forward is made of (issue 16): the kernels of a warm forward of a playbook's configuration, from
+torch.profiler, summed by kind (FP8/bf16 matmuls, attention, fused elementwise from Inductor, casts and copies, the
+rest), with the twenty costliest kernels. Writes JSON with the hardware and versions, and prints a Markdown table.
+
+    python benchmarks/forward_profile.py --model a14b --playbook benchmarks/playbooks/a14b-multi-gpu.yaml --out OUT.json
+    python benchmarks/forward_profile.py --model tiny --playbook tiny --device cpu --out /tmp/profile.json   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent import hardware, playbook  # noqa: E402
+from agent.files import write_json_atomic  # noqa: E402
+from agent.runtime import pipeline, probe  # noqa: E402
+from agent.runtime.config import Knobs, Measurement, TrialConfig  # noqa: E402
+from agent.runtime.generate import encode  # noqa: E402
+
+# Kernel name -> kind, first match wins (CUDA kernels on a GPU, aten ops on a CPU).
+KINDS = (
+    ("attention", r"flash|fmha|attn|attention|sdpa|cudnn.*(sdp|mha)"),
+    ("matmul FP8", r"e4m3|f8|fp8|scaled_mm"),
+    ("matmul", r"gemm|xmma|cutlass|matmul|addmm|\bmm\b|linear"),
+    ("Inductor's Triton kernels (fused norms, RoPE, modulation, quantization)", r"^triton_"),
+    ("norms", r"norm"),
+    ("casts and copies", r"copy|cast|convert|contiguous|memcpy|memset"),
+)
+
+
+def kind(name: str) -> str:
+    return next((label for label, pattern in KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def profile_forward(pipe, config: TrialConfig, device: torch.device, warm: int) -> tuple[dict, float]:
+    """Kernel seconds by name over one warm conditional forward of the high-noise expert, and the forward's own time."""
+    positive, _, _ = encode(pipe, config, device)
+    latents = probe._latents(pipe, config, device, seed=0)
+    expert, per_token = pipeline.experts(pipe)[0], bool(pipe.config.expand_timesteps)
+    with torch.inference_mode():
+        for _ in range(warm):  # compile, autotune, quantization kernels: out of the profile
+            probe._step(expert, latents, 999.0, positive, None, 1.0, per_token)
+        pipeline.synchronize(device)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            stop = probe.timer(device)
+            probe._step(expert, latents, 999.0, positive, None, 1.0, per_token)
+            seconds = stop()
+    by_name: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if device.type == "cuda":
+            own = event.self_device_time_total if event.device_type == torch.autograd.DeviceType.CUDA else 0.0
+        else:
+            own = event.self_cpu_time_total
+        if own > 0:
+            by_name[event.key] += own / 1e6
+    return by_name, seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="a14b", help="synthetic preset (built on the device)")
+    p.add_argument("--playbook", default="benchmarks/playbooks/a14b-multi-gpu.yaml", help="its workload and baseline")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--warm", type=int, default=2, help="untimed forwards first (compilation lands there)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    book = playbook.load(args.playbook)
+    device = torch.device(args.device)
+    config = TrialConfig(
+        name="forward-profile",
+        model_path=f"synthetic:{args.model}",
+        device=args.device,
+        output_dir="/tmp/forward-profile",
+        workload=book.workload,
+        knobs=Knobs(**book.baseline.model_dump()),
+        measurement=Measurement(warmup=0, repeats=1),
+    )
+    pipe, _, _ = pipeline.build(config, device)
+    by_name, seconds = profile_forward(pipe, config, device, args.warm)
+    total = sum(by_name.values())
+    kinds: dict[str, float] = defaultdict(float)
+    for name, s in by_name.items():
+        kinds[kind(name)] += s
+    top = sorted(by_name.items(), key=lambda item: -item[1])[:20]
+    report = {
+        "hardware": hardware.probe(),
+        "versions": hardware.versions(),
+        "model": args.model,
+        "workload": book.workload.model_dump(),
+        "knobs": config.knobs.model_dump(),
+        "forward_s": seconds,
+        "kernel_s": total,
+        "by_kind_s": dict(sorted(kinds.items(), key=lambda item: -item[1])),
+        "top_kernels_s": [{"name": name, "kind": kind(name), "s": s} for name, s in top],
+    }
+    write_json_atomic(Path(args.out), report)
+    print(f"one forward {seconds * 1000:.1f} ms; kernels {total * 1000:.1f} ms ({config.knobs.describe()})\n")
+    print("| kind | ms | share |\n| --- | --- | --- |")
+    for label, s in report["by_kind_s"].items():
+        print(f"| {label} | {s * 1000:.1f} | {100 * s / total:.1f} % |")
+    print("\n| kernel | kind | ms |\n| --- | --- | --- |")
+    for row in report["top_kernels_s"]:
+        print(f"| `{row['name'][:90]}` | {row['kind']} | {row['s'] * 1000:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
