@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import hardware, playbook  # noqa: E402
 from agent.files import write_json_atomic  # noqa: E402
 from agent.runtime import pipeline, probe  # noqa: E402
-from agent.runtime.config import Knobs, Measurement, TrialConfig  # noqa: E402
+from agent.runtime.config import Measurement, TrialConfig  # noqa: E402
 from agent.runtime.generate import encode  # noqa: E402
+from benchmarks import about, baseline_trial  # noqa: E402
 
 # Kernel name -> kind, first match wins (CUDA kernels on a GPU, aten ops on a CPU).
 KINDS = (
@@ -74,17 +74,8 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=2, help="untimed forwards first (compilation lands there)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    book = playbook.load(args.playbook)
     device = torch.device(args.device)
-    config = TrialConfig(
-        name="forward-profile",
-        model_path=f"synthetic:{args.model}",
-        device=args.device,
-        output_dir="/tmp/forward-profile",
-        workload=book.workload,
-        knobs=Knobs(**book.baseline.model_dump()),
-        measurement=Measurement(warmup=0, repeats=1),
-    )
+    config = baseline_trial("forward-profile", args.model, args.playbook, args.device, Measurement(warmup=0, repeats=1))
     pipe, _, _ = pipeline.build(config, device)
     by_name, seconds = profile_forward(pipe, config, device, args.warm)
     total = sum(by_name.values())
@@ -92,12 +83,7 @@ def main() -> None:
     for name, s in by_name.items():
         kinds[kind(name)] += s
     top = sorted(by_name.items(), key=lambda item: -item[1])[:20]
-    report = {
-        "hardware": hardware.probe(),
-        "versions": hardware.versions(),
-        "model": args.model,
-        "workload": book.workload.model_dump(),
-        "knobs": config.knobs.model_dump(),
+    report = about(config, args.model) | {
         "forward_s": seconds,
         "kernel_s": total,
         "by_kind_s": dict(sorted(kinds.items(), key=lambda item: -item[1])),

@@ -17,11 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import hardware, playbook  # noqa: E402
 from agent.files import write_json_atomic  # noqa: E402
 from agent.runtime import pipeline, probe  # noqa: E402
-from agent.runtime.config import Knobs, Measurement, TrialConfig  # noqa: E402
+from agent.runtime.config import Measurement  # noqa: E402
 from agent.runtime.generate import encode, generate  # noqa: E402
+from benchmarks import about, baseline_trial  # noqa: E402
 
 
 def main() -> None:
@@ -32,29 +32,16 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    book = playbook.load(args.playbook)
     device = torch.device(args.device)
-    config = TrialConfig(
-        name="probe-vs-clip",
-        model_path=f"synthetic:{args.model}",
-        device=args.device,
-        output_dir="/tmp/probe-vs-clip",
-        workload=book.workload,
-        knobs=Knobs(**book.baseline.model_dump()),
-        measurement=Measurement(warmup=1, repeats=1, probe_steps=3),
-    )
+    measurement = Measurement(warmup=1, repeats=1, probe_steps=3)
+    config = baseline_trial("probe-vs-clip", args.model, args.playbook, args.device, measurement)
     pipe, _, _ = pipeline.build(config, device)
     positive, negative, _ = encode(pipe, config, device)
     probed = probe.probe(pipe, config, device, positive, negative, print)
     short = config.model_copy(update={"knobs": config.knobs.model_copy(update={"steps": args.steps})})
     clip = generate(pipe, short, device, on_step=lambda i, n, expert, s: print(f"clip step {i + 1}/{n} {expert} {s:.3f} s"))
     clip_step = statistics.median(clip.step_s[1:])
-    report = {
-        "hardware": hardware.probe(),
-        "versions": hardware.versions(),
-        "model": args.model,
-        "workload": book.workload.model_dump(),
-        "knobs": config.knobs.model_dump(),
+    report = about(config, args.model) | {
         "probe_step_s": probed["step_s"],
         "clip_step_s": clip.step_s,
         "clip_step_median_s": clip_step,
