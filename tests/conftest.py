@@ -139,7 +139,7 @@ def _git(folder: Path, *args: str) -> str:
 
 @pytest.fixture(scope="session")
 def official_remote(tmp_path_factory) -> tuple[str, str]:
-    """A git remote laid out as github.com/Wan-Video/Wan2.2 (wan/modules, wan/utils of the installed wan22), and the
+    """A git remote laid out as github.com/Wan-Video/Wan2.2 (wan/modules, utils, distributed of the installed wan22), and the
     commit to pin: one below the branch's tip, so that a checkout of the tip would show."""
     import shutil
 
@@ -147,7 +147,7 @@ def official_remote(tmp_path_factory) -> tuple[str, str]:
 
     repo = tmp_path_factory.mktemp("Wan2.2")
     installed, _ = modules.code()
-    for sub in ("modules", "utils"):
+    for sub in ("modules", "utils", "distributed"):
         shutil.copytree(installed / sub, repo / "wan" / sub, ignore=shutil.ignore_patterns("__pycache__"))
     _git(repo, "init", "-q")
     _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")  # as GitHub serves any commit it has

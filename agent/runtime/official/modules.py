@@ -115,7 +115,6 @@ def patch_attention(device: torch.device) -> dict:
     if problem is None:
         return {"patched": False, "kernel": "flash_attn", "reason": "flash_attn runs here"}
     module("model").flash_attention = attention_patch.flash_attention  # type: ignore[attr-defined]  # the DiT imported this name
-    module("distributed.ulysses").flash_attention = attention_patch.flash_attention  # type: ignore[attr-defined]  # and this one
     return {
         "patched": True,
         "missing": problem,

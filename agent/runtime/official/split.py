@@ -5,9 +5,10 @@ As ``WanT2V._configure_model`` (wan/text2video.py) does, each reference expert's
 ``wan/distributed/sequence_parallel.py``'s ``sp_dit_forward`` (the tokens padded to a multiple of N and cut into one
 share per rank; the output gathered on every rank, so all ranks keep the same latents) and each self-attention's
 ``sp_attn_forward`` (Ulysses: an all-to-all from tokens to heads, attention, and back). That attention goes through
-``wan/distributed/ulysses.py``'s own import of ``flash_attention``, which ``modules.patch_attention`` replaces with the
-masked stand-in where flash_attn cannot run: the padding is masked by the true length, as the reference's varlen call
-does. The reference code splits over the whole process group, so only ``ulysses`` (N = all ranks) is honoured.
+``wan/distributed/ulysses.py``'s own import of ``flash_attention``, replaced here with the masked stand-in where
+``modules.patch_attention`` replaced the DiT's (flash_attn cannot run): the padding is masked by the true length, as
+the reference's varlen call does. The reference code splits over the whole process group, so only ``ulysses`` (N =
+all ranks) is honoured.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import types
 
 import torch
 
-from agent.runtime.official import modules
+from agent.runtime.official import attention_patch, modules
 
 CODE = "wan/distributed/sequence_parallel.py (sp_dit_forward, sp_attn_forward), wan/distributed/ulysses.py"
 
@@ -24,6 +25,8 @@ CODE = "wan/distributed/sequence_parallel.py (sp_dit_forward, sp_attn_forward), 
 def split_sequence(experts: list, ranks: int) -> dict:
     """Patch each reference ``WanModel`` in ``experts`` to split its tokens over the ``ranks`` of the process group."""
     sp = modules.module("distributed.sequence_parallel")
+    if getattr(modules.module("model"), "flash_attention", None) is attention_patch.flash_attention:  # patched
+        modules.module("distributed.ulysses").flash_attention = attention_patch.flash_attention  # type: ignore[attr-defined]
     for model in experts:
         if model.num_heads % ranks:
             raise ValueError(f"ulysses={ranks} must divide the model's {model.num_heads} attention heads")
