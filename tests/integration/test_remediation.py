@@ -12,6 +12,7 @@ import psutil
 import yaml
 
 from agent import sources, trials
+from agent.cli import UNRESOLVED_EXIT
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
 from tests.conftest import small_playbook, wan_agent, write_playbook
 
@@ -94,10 +95,11 @@ def test_a_baseline_on_a_missing_backend_is_patched_and_its_run_is_reused_as_wri
 
 
 def converged_run(tmp_path: Path, book: dict) -> tuple[Path, list[dict]]:
-    """Run ``book`` to the end; its run directory and journal events."""
+    """Run ``book`` to the end; its run directory and journal events. Converged with a rung the host's noise left
+    open (exit UNRESOLVED_EXIT) counts too: these tests are about remediation, not the speed of their tiny rungs."""
     runs = tmp_path / "runs"
     done = wan_agent("run", "--playbook", str(write_playbook(tmp_path / "book.yaml", book)), runs_dir=runs)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in (0, UNRESOLVED_EXIT), done.stderr
     run_dir = runs / done.stdout.strip()
     return run_dir, [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
 
