@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.hardware import versions  # noqa: E402
-from agent.runtime import attention, pipeline  # noqa: E402
+from agent.runtime import attention, pipeline, vae_decode  # noqa: E402
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload  # noqa: E402
 from agent.runtime.probe import timer  # noqa: E402
 from agent.sources import synthetic  # noqa: E402
@@ -243,7 +243,7 @@ def section_vae(args) -> dict:
         if v.get("tiling"):
             vae.enable_tiling()
         if v.get("compile"):
-            vae.decoder.compile(dynamic=False, options=pipeline.VAE_INDUCTOR_OPTIONS)  # as the runtime does
+            vae.decoder.compile(dynamic=False, options=vae_decode.VAE_INDUCTOR_OPTIONS)  # as the runtime does
         zz = z.to(memory_format=torch.channels_last_3d) if v.get("channels_last") else z
 
         def decode(vae=vae, zz=zz):

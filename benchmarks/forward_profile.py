@@ -1,8 +1,10 @@
-"""What one expert forward is made of (issue 16): the kernels of a warm forward of a playbook's configuration, from
-torch.profiler, summed by kind (FP8/bf16 matmuls, attention, fused elementwise from Inductor, casts and copies, the
-rest), with the twenty costliest kernels. Writes JSON with the hardware and versions, and prints a Markdown table.
+"""What one expert forward, or the VAE decode (``--part decode``), is made of (issue 16): the kernels of a warm call in
+a playbook's configuration, from torch.profiler, summed by kind (FP8/bf16 matmuls, convolutions, attention, fused
+elementwise from Inductor, casts and copies, the rest), with the twenty costliest kernels. Writes JSON with the
+hardware and versions, and prints a Markdown table.
 
     python benchmarks/forward_profile.py --model a14b --playbook benchmarks/playbooks/a14b-multi-gpu.yaml --out OUT.json
+    python benchmarks/forward_profile.py --model a14b --part decode --set vae_decode=compiled --out DECODE.json
     python benchmarks/forward_profile.py --model tiny --playbook tiny --device cpu --out /tmp/profile.json   # smoke
 """
 
@@ -15,19 +17,21 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.files import write_json_atomic  # noqa: E402
 from agent.runtime import pipeline, probe  # noqa: E402
-from agent.runtime.config import Measurement, TrialConfig  # noqa: E402
-from agent.runtime.generate import encode  # noqa: E402
+from agent.runtime.config import Knobs, Measurement, TrialConfig  # noqa: E402
+from agent.runtime.generate import decode, encode  # noqa: E402
 from benchmarks import about, baseline_trial  # noqa: E402
 
 # Kernel name -> kind, first match wins (CUDA kernels on a GPU, aten ops on a CPU).
 KINDS = (
     ("attention", r"flash|fmha|attn|attention|sdpa|cudnn.*(sdp|mha)"),
     ("matmul FP8", r"e4m3|f8|fp8|scaled_mm"),
+    ("convolution", r"conv|fprop|implicit_gemm"),
     ("matmul", r"gemm|xmma|cutlass|matmul|addmm|\bmm\b|linear"),
     ("Inductor's Triton kernels (fused norms, RoPE, modulation, quantization)", r"^triton_"),
     ("norms", r"norm"),
@@ -39,21 +43,18 @@ def kind(name: str) -> str:
     return next((label for label, pattern in KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
 
 
-def profile_forward(pipe, config: TrialConfig, device: torch.device, warm: int) -> tuple[dict, float]:
-    """Kernel seconds by name over one warm conditional forward of the high-noise expert, and the forward's own time."""
-    positive, _, _ = encode(pipe, config, device)
-    latents = probe._latents(pipe, config, device, seed=0)
-    expert, per_token = pipeline.experts(pipe)[0], bool(pipe.config.expand_timesteps)
+def _profiled(call, device: torch.device, warm: int) -> tuple[dict, float]:
+    """Kernel seconds by name over one warm ``call()``, and the call's own time."""
     with torch.inference_mode():
         for _ in range(warm):  # compile, autotune, quantization kernels: out of the profile
-            probe._step(expert, latents, 999.0, positive, None, 1.0, per_token)
+            call()
         pipeline.synchronize(device)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
             stop = probe.timer(device)
-            probe._step(expert, latents, 999.0, positive, None, 1.0, per_token)
+            call()
             seconds = stop()
     by_name: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
@@ -66,31 +67,51 @@ def profile_forward(pipe, config: TrialConfig, device: torch.device, warm: int) 
     return by_name, seconds
 
 
+def profile_forward(pipe, config: TrialConfig, device: torch.device, warm: int) -> tuple[dict, float]:
+    """One conditional forward of the high-noise expert."""
+    positive, _, _ = encode(pipe, config, device)
+    latents = probe._latents(pipe, config, device, seed=0)
+    expert, per_token = pipeline.experts(pipe)[0], bool(pipe.config.expand_timesteps)
+    return _profiled(lambda: probe._step(expert, latents, 999.0, positive, None, 1.0, per_token), device, warm)
+
+
+def profile_decode(pipe, config: TrialConfig, device: torch.device, warm: int) -> tuple[dict, float]:
+    """The whole clip's VAE decode, as the pipeline calls it."""
+    latents = probe._latents(pipe, config, device, seed=0)
+    return _profiled(lambda: decode(pipe, latents), device, warm)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="a14b", help="synthetic preset (built on the device)")
     p.add_argument("--playbook", default="benchmarks/playbooks/a14b-multi-gpu.yaml", help="its workload and baseline")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--warm", type=int, default=2, help="untimed forwards first (compilation lands there)")
+    p.add_argument("--part", choices=("forward", "decode"), default="forward")
+    p.add_argument("--warm", type=int, default=2, help="untimed calls first (compilation lands there)")
+    p.add_argument("--set", action="append", default=[], metavar="KNOB=YAML", help="a knob over the baseline's")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     device = torch.device(args.device)
     config = baseline_trial("forward-profile", args.model, args.playbook, args.device, Measurement(warmup=0, repeats=1))
+    changes = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    config = config.model_copy(update={"knobs": Knobs(**config.knobs.model_dump() | changes)})
     pipe, _, _ = pipeline.build(config, device)
-    by_name, seconds = profile_forward(pipe, config, device, args.warm)
+    profile = profile_forward if args.part == "forward" else profile_decode
+    by_name, seconds = profile(pipe, config, device, args.warm)
     total = sum(by_name.values())
     kinds: dict[str, float] = defaultdict(float)
     for name, s in by_name.items():
         kinds[kind(name)] += s
     top = sorted(by_name.items(), key=lambda item: -item[1])[:20]
     report = about(config, args.model) | {
-        "forward_s": seconds,
+        "part": args.part,
+        "seconds": seconds,
         "kernel_s": total,
         "by_kind_s": dict(sorted(kinds.items(), key=lambda item: -item[1])),
         "top_kernels_s": [{"name": name, "kind": kind(name), "s": s} for name, s in top],
     }
     write_json_atomic(Path(args.out), report)
-    print(f"one forward {seconds * 1000:.1f} ms; kernels {total * 1000:.1f} ms ({config.knobs.describe()})\n")
+    print(f"one {args.part} {seconds * 1000:.1f} ms; kernels {total * 1000:.1f} ms ({config.knobs.describe()})\n")
     print("| kind | ms | share |\n| --- | --- | --- |")
     for label, s in report["by_kind_s"].items():
         print(f"| {label} | {s * 1000:.1f} | {100 * s / total:.1f} % |")

@@ -60,6 +60,12 @@ def self_attention_shape(
     return 1, tokens, transformer_config["num_attention_heads"], transformer_config["attention_head_dim"]
 
 
+def pipeline_shape(pipe, workload) -> tuple[int, int, int, int]:
+    """``self_attention_shape`` of a diffusers Wan pipeline's experts for ``workload``'s clip."""
+    vae = (pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)
+    return self_attention_shape(dict(pipe.transformer.config), workload.height, workload.width, workload.frames, *vae)
+
+
 def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device, fp8: bool = False) -> dict:
     """Check backend ``name`` on ``shape`` (in FP8 where ``fp8``: kernels.set_fp8_attention); return {"usable",
     "reason", "relative_error", "ms", "kernel" (which FA3 served), ...}."""

@@ -99,6 +99,9 @@ class Knobs(Strict):
     cfg_parallel: bool = False
     # The VAE decode split over the ranks of such a trial, one overlapping tile each (agent/runtime/parallel_decode.py).
     vae_parallel: bool = False
+    # Runtime official with ulysses: each expert's weights sharded over the ranks by FSDP and gathered block by block
+    # at each forward (its generate.py's --dit_fsdp), 1/N of them per GPU, so that the experts fit without offloading.
+    fsdp: bool = False
 
     @model_validator(mode="after")
     def _one_low_precision_path(self) -> Knobs:
@@ -120,7 +123,7 @@ class Knobs(Strict):
         for name in ("runtime", "attention", "compile", "inductor_tuning", "offload", "vae_decode", "ulysses", "ring"):
             if getattr(self, name) != defaults[name].default:
                 parts.append(f"{name}={getattr(self, name)}")
-        flags = ("attention_fp8", "vae_tiling", "text_encoder_on_cpu", "cfg_parallel", "vae_parallel")
+        flags = ("attention_fp8", "vae_tiling", "text_encoder_on_cpu", "cfg_parallel", "vae_parallel", "fsdp")
         parts += [flag for flag in flags if getattr(self, flag)]
         return ", ".join(parts)
 

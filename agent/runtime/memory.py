@@ -51,8 +51,7 @@ def needs(pipe, workload, vae_tiling: bool, fp8: bool, text_encoder_on_cpu: bool
           activation_factor: int = DIT_ACTIVATION_FACTOR) -> dict[str, int]:  # fmt: skip
     """Bytes of accelerator memory each offload mode needs for this pipeline and workload."""
     cfg = pipe.transformer.config
-    vae = (pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)
-    tokens = attention.self_attention_shape(dict(cfg), workload.height, workload.width, workload.frames, *vae)[1]
+    tokens = attention.pipeline_shape(pipe, workload)[1]
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
     # The bulk of the weights' dtype: the first parameter may be one kept in float32 (twice the activations).
     element = max(pipe.transformer.parameters(), key=lambda t: t.numel()).element_size()

@@ -87,16 +87,19 @@ def mesh(knobs: Knobs):
     return init_device_mesh(device_type, shape, mesh_dim_names=("cfg", "ring", "ulysses"))
 
 
-def tokens(pipe, height: int, width: int, frames: int) -> int:
-    """How many tokens the experts' self-attention sees for a clip of this size."""
-    from agent.runtime.attention import self_attention_shape
+def share_problem(pipe, knobs: Knobs, workload) -> str | None:
+    """Why diffusers' context parallelism cannot cut this clip's tokens into equal shares (it asserts mid-forward);
+    None where it can, where nothing cuts tokens, or on the official runtime (its own split pads them)."""
+    from agent.runtime.attention import pipeline_shape
 
-    config = dict(pipe.transformer.config)
-    return self_attention_shape(config, height, width, frames, pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal)[1]
+    if knobs.runtime == "official" or knobs.ulysses * knobs.ring == 1:  # the official pipeline has no diffusers config
+        return None
+    problem = uneven(knobs, pipeline_shape(pipe, workload)[1])
+    return None if problem is None else f"{workload.width}x{workload.height}, {workload.frames} frames: {problem}"
 
 
 def uneven(knobs: Knobs, count: int) -> str | None:
-    """Why diffusers' context parallelism cannot cut ``count`` tokens into equal shares (it asserts mid-forward)."""
+    """Why ``count`` tokens do not cut into the split's equal shares."""
     shares = knobs.ulysses * knobs.ring
     if knobs.runtime == "official" or shares == 1 or count % shares == 0:  # the official code pads its tokens
         return None

@@ -16,6 +16,7 @@ from agent.capabilities import FP4_COMPUTE_MIN_CAPABILITY, FP8_COMPUTE_MIN_CAPAB
 from agent.runtime import attention, memory, parallel, parallel_decode
 from agent.runtime.config import Knobs, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
+from agent.runtime.vae_decode import tune_vae
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +95,7 @@ def fp8_compute_filter(module: torch.nn.Module, fqn: str) -> bool:
 
 
 def _set_attention(pipe, config: TrialConfig, dtype: torch.dtype, device: torch.device) -> dict:
-    work = config.workload
-    shape = attention.self_attention_shape(
-        dict(pipe.transformer.config),
-        work.height,
-        work.width,
-        work.frames,
-        pipe.vae_scale_factor_spatial,
-        pipe.vae_scale_factor_temporal,
-    )
+    shape = attention.pipeline_shape(pipe, config.workload)
     report = attention.probe(config.knobs.attention, shape, dtype, device, fp8=config.knobs.attention_fp8)
     if not report["usable"]:
         label = f"{config.knobs.attention}{' in FP8' if config.knobs.attention_fp8 else ''}"
@@ -118,23 +111,6 @@ def _compile(pipe, mode: str) -> None:
             expert.compile_repeated_blocks(fullgraph=True)
         else:
             expert.compile()
-
-
-VAE_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": False, "coordinate_descent_check_all_directions": False}
-
-
-def tune_vae(vae, mode: str) -> None:
-    torch.backends.cudnn.benchmark = True  # cuDNN times its conv3d algorithms once per shape, keeps the fastest
-    for module in vae.modules():
-        if isinstance(module, torch.nn.Conv3d):
-            module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
-    if mode == "compiled":
-        # The decoder's blocks share a few forward functions called at a dozen shapes each: past Dynamo's
-        # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so: 1.26 s against
-        # 1.72 channels-last, ~90 s to compile. torchao's FP8 quantize_ turns on Inductor's coordinate-descent
-        # tuning for the whole process where `inductor_tuning` lets it (recommended_inductor_config_setter); with
-        # it, the decoder's first decode ran past 5 min on an H100. The decoder is compiled without it, always.
-        vae.decoder.compile(dynamic=False, options=VAE_INDUCTOR_OPTIONS)
 
 
 def load(config: TrialConfig, dtype: torch.dtype, device: torch.device):
@@ -204,8 +180,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         tune_vae(pipe.vae, knobs.vae_decode)
     ranks = parallel.mesh(knobs) if parallel.world_size(knobs) > 1 else None
     if knobs.ulysses > 1 or knobs.ring > 1:  # before compile: the plan's hooks go on the modules compile wraps
-        work = config.workload
-        if (problem := parallel.uneven(knobs, parallel.tokens(pipe, work.height, work.width, work.frames))) is not None:
+        if (problem := parallel.share_problem(pipe, knobs, config.workload)) is not None:
             raise ValueError(problem)
         setup |= parallel.split_attention(pipe, knobs, ranks)
     if knobs.cfg_parallel:

@@ -100,6 +100,7 @@ def _set_shift(pipe, shift: float) -> None:
 def generate(pipe, config: TrialConfig, device, output: Path | None, progress: Callable[..., None]) -> float:
     """One job's clip, ``progress(progress=percent)`` after each denoising step (the decode is the last step); its seconds.
     ``output`` None: computed with the group, not written (a rank other than 0)."""
+    from agent.runtime import parallel
     from agent.runtime.generate import generate as run_clip
     from agent.runtime.worker import write_mp4
 
@@ -109,12 +110,8 @@ def generate(pipe, config: TrialConfig, device, output: Path | None, progress: C
     step, work = spatial_multiple(pipe), config.workload
     if work.width % step or work.height % step:  # never rounded behind the client's back, as the pipeline would
         raise ValueError(f"this model makes frames whose sides are multiples of {step}: {work.width}x{work.height} is not")
-    if config.knobs.runtime != "official" and (config.knobs.ulysses > 1 or config.knobs.ring > 1):
-        from agent.runtime import parallel
-
-        count = parallel.tokens(pipe, work.height, work.width, work.frames)
-        if (problem := parallel.uneven(config.knobs, count)) is not None:
-            raise ValueError(f"{work.width}x{work.height}, {work.frames} frames: {problem}")
+    if (problem := parallel.share_problem(pipe, config.knobs, work)) is not None:
+        raise ValueError(problem)
     t0 = time.perf_counter()
     _set_shift(pipe, config.knobs.flow_shift)
     clip = run_clip(pipe, config, device, on_step)

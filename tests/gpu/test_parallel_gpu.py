@@ -1,8 +1,8 @@
 """Trials over several GPUs (issue 17), on the synthetic A14B at a small size: Ulysses context parallelism (on FA3 in
 FP8), CFG's branches and Ulysses at once, ring attention (on FA3, which hands diffusers its log-sum-exp), and the
-official code's own sequence parallelism make the single GPU's clip, the decode split over the ranks makes a tiled
-one, and the trial is watched on every GPU. Each case is skipped with fewer GPUs than it splits
-over, and the FA3 one without Hopper and an FA3 source."""
+official code's own sequence parallelism (its experts whole on each GPU, or sharded by FSDP) make the single GPU's
+clip, the decode split over the ranks makes a tiled one, and the trial is watched on every GPU. Each case is skipped
+with fewer GPUs than it splits over, and the FA3 one without Hopper and an FA3 source."""
 
 import os
 from pathlib import Path
@@ -37,7 +37,7 @@ def execute(cfg: TrialConfig, gpus) -> dict:
     return trials.execute(f"gpu-parallel-{os.getpid()}", out, deadline_s=900, idle_timeout_s=600, gpu=gpus)
 
 
-SPLITS = ("ulysses", "ring", "cfg_parallel", "vae_parallel")
+SPLITS = ("ulysses", "ring", "cfg_parallel", "vae_parallel", "fsdp")
 FA3 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9 and kernels.fa3_source() is not None
 
 
@@ -64,8 +64,9 @@ def singles(tmp_path_factory) -> dict:
         {"ulysses": 2, "vae_parallel": True},
         {"ring": 2, "attention": "_flash_3"},
         {"ulysses": 2, "runtime": "official", "attention": "_native_cudnn"},
+        {"ulysses": 2, "runtime": "official", "attention": "_native_cudnn", "fsdp": True},
     ],
-    ids=["ulysses-x-cfg", "ulysses-fa3-fp8", "split-decode", "ring-fa3", "official-ulysses"],
+    ids=["ulysses-x-cfg", "ulysses-fa3-fp8", "split-decode", "ring-fa3", "official-ulysses", "official-fsdp"],
 )
 def test_several_gpus_make_the_single_gpus_clip_and_are_all_watched(tmp_path, singles, split):
     ranks = parallel.world_size(Knobs(**split))
@@ -85,3 +86,6 @@ def test_several_gpus_make_the_single_gpus_clip_and_are_all_watched(tmp_path, si
     assert watched[0]["mean_power_W"] > watched[1]["mean_power_W"]  # every GPU's power, summed
     if split.get("attention") == "_flash_3":
         assert both["result"]["setup"]["attention_probe"]["kernel"] == kernels.fa3_source()
+    if split.get("fsdp"):  # each rank holds half of each expert: ~28 GiB less than the single GPU's two whole ones
+        memory = [run["result"]["memory"]["peak_gpu_allocated_GiB"] for run in (both, single)]
+        assert memory[0] < memory[1] - 20, memory

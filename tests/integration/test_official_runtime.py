@@ -102,6 +102,11 @@ def test_settings_the_reference_code_has_no_counterpart_for_are_refused_before_a
     assert support.refusal(Knobs(runtime="official", ulysses=4), on_gpu=True) is None  # its own sequence parallelism
     assert "not cfg_parallel" in support.refusal(Knobs(runtime="official", cfg_parallel=True), on_gpu=True)
     assert "not offload=model" in support.refusal(Knobs(runtime="official", ulysses=2, offload="model"), on_gpu=True)
+    assert support.refusal(Knobs(runtime="official", ulysses=2, fsdp=True), on_gpu=True) is None  # its --dit_fsdp
+    assert "set ulysses > 1" in support.refusal(Knobs(runtime="official", fsdp=True), on_gpu=True)
+    assert "it needs GPUs" in support.refusal(Knobs(runtime="official", precision="fp32", ulysses=2, fsdp=True), on_gpu=False)
+    assert "not with fp8" in support.refusal(Knobs(runtime="official", ulysses=2, fsdp=True, compile="regional"), on_gpu=True)
+    assert "runtime official's" in support.refusal(Knobs(ulysses=2, fsdp=True), on_gpu=True)
     code, result, _ = work(config(model, tmp_path / "bf16", runtime="official"))
     assert code == 1 and "on the CPU it needs precision fp32" in result["error"]["message"]
     assert json.loads((tmp_path / "bf16" / "trial.json").read_text())["knobs"]["runtime"] == "official"

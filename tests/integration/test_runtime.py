@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent import sources
-from agent.runtime import attention, memory, pipeline, probe
+from agent.runtime import attention, memory, pipeline, probe, vae_decode
 from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
 from agent.runtime.generate import decode, encode, generate
 from agent.sources import synthetic
@@ -173,11 +173,15 @@ def test_direct_build_keeps_diffusers_fp32_modules():
 
 
 def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
-    # The layout changes which kernels run, not the function. (The compiled decoder is measured on the GPU:
-    # tests/gpu and docs/benchmarks.md; compiling it on 2 CPU cores takes a minute.)
+    # The layout, the causal convolutions' padding done by the convolution and the fused RMS norm change which
+    # kernels run, not the function. (The compiled decoder is measured on the GPU: tests/gpu and docs/benchmarks.md;
+    # compiling it on 2 CPU cores takes a minute.)
     eager, _, _ = pipeline.build(config(model, tmp_path), CPU)
     tuned, _, _ = pipeline.build(config(model, tmp_path, vae_decode="channels_last"), CPU)
-    assert tuned.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    conv_in = tuned.vae.decoder.conv_in
+    assert conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (eager.vae.decoder.conv_in.padding, conv_in.padding, conv_in._time_padding) == ((0, 0, 0), (0, 1, 1), 2)
+    assert tuned.vae.decoder.norm_out.forward.__func__ is vae_decode._fused_rms_norm
     latents = torch.randn(1, 16, 3, 6, 8, generator=torch.Generator().manual_seed(0))
     (a, _), (b, _) = decode(eager, latents), decode(tuned, latents)
     assert a.shape == (9, 48, 64, 3) and a.dtype == np.uint8

@@ -32,6 +32,7 @@ from agent.runtime.config import TrialConfig
 from agent.runtime.generate import TEXT_LEN  # the reference T5's context length too (wan/configs/shared_config.py)
 from agent.runtime.memory import UnsupportedOnHardware
 from agent.runtime.official import attention_patch, convert, modules, split, support
+from agent.runtime.vae_decode import tune_vae
 
 NUM_TRAIN_TIMESTEPS = 1000
 # Its fp32 regions are CUDA autocast; on the CPU (fp32 only) they say so at every call.
@@ -193,7 +194,12 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
         raise UnsupportedOnHardware(refused)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    pipe, offload, offload_reason, lora = diffusers_runtime.load(config, dtype, device)
+    if knobs.fsdp:  # the experts start in host memory and reach the GPUs sharded
+        loading = config.model_copy(update={"knobs": knobs.model_copy(update={"offload": "model"})})
+        pipe, _, _, lora = diffusers_runtime.load(loading, dtype, device)
+        offload, offload_reason = "none", f"fsdp: 1/{knobs.ulysses} of each expert's weights on each GPU"
+    else:
+        pipe, offload, offload_reason, lora = diffusers_runtime.load(config, dtype, device)
     if knobs.ulysses > 1 and offload == "model":  # as its generate.py: sequence parallelism with resident experts
         raise UnsupportedOnHardware(
             f"runtime official with ulysses keeps its experts on every GPU, and they do not fit ({offload_reason})"
@@ -207,17 +213,19 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
         official = OfficialPipeline(pipe, device, dtype, knobs.flow_shift, _tokenizer_dir(config, pipe, scratch),
                                     offload, knobs.text_encoder_on_cpu)  # fmt: skip
     del pipe
-    official.place()
-    diffusers_runtime.synchronize(device)
-    stages["load_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     inner = SimpleNamespace(transformer=official.transformer.model, transformer_2=getattr(official.transformer_2, "model", None))
     sequence_parallel = None
-    if knobs.ulysses > 1:  # before compile: the patched forwards are what the blocks compile
+    if knobs.ulysses > 1:  # before FSDP and compile: the patched forwards are what they wrap
         sequence_parallel = split.split_sequence(diffusers_runtime.experts(inner), knobs.ulysses)
         for expert in (official.transformer, official.transformer_2):
             if expert is not None:
                 expert.ranks = knobs.ulysses
+                expert.model = split.shard(expert.model, dtype) if knobs.fsdp else expert.model
+        sequence_parallel["fsdp"] = "wan/distributed/fsdp.py shard_model" if knobs.fsdp else None
+    official.place()
+    diffusers_runtime.synchronize(device)
+    stages["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if knobs.fp8 != "none":
         diffusers_runtime.apply_fp8(inner, knobs, device)
     if knobs.compile != "none":  # each block on its own: the attention stand-in's length check breaks a whole graph
@@ -225,7 +233,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
             for block in expert.blocks if knobs.compile == "regional" else [expert]:
                 block.compile()
     if knobs.vae_decode != "eager":
-        diffusers_runtime.tune_vae(official.vae, knobs.vae_decode)
+        tune_vae(official.vae, knobs.vae_decode)
     diffusers_runtime.synchronize(device)
     stages["prepare_s"] = time.perf_counter() - t0
     setup = {

@@ -1,5 +1,5 @@
 """The official code's own sequence parallelism on a trial's torchrun ranks: what Wan2.2's generate.py runs with
-``--ulysses_size N`` (without ``--dit_fsdp``: every rank holds each whole expert).
+``--ulysses_size N``, and with ``--dit_fsdp`` (knob ``fsdp``) each expert's weights sharded over the ranks.
 
 As ``WanT2V._configure_model`` (wan/text2video.py) does, each reference expert's forward becomes
 ``wan/distributed/sequence_parallel.py``'s ``sp_dit_forward`` (the tokens padded to a multiple of N and cut into one
@@ -37,6 +37,16 @@ def split_sequence(experts: list, ranks: int) -> dict:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return {"ulysses": ranks, "code": CODE}
+
+
+def shard(model, dtype: torch.dtype):
+    """``model`` (a reference ``WanModel`` in host memory, its forward already split) under FSDP as ``--dit_fsdp`` wraps
+    it (``wan/distributed/fsdp.py``'s ``shard_model``: a unit per block, parameters computed in ``dtype``, rank 0's
+    weights broadcast): each unit reaches this rank's GPU and keeps 1/N of its weights there, gathered for each forward.
+    FSDP flattens a block's parameters into one tensor of one dtype, and computes in ``dtype`` whatever they are stored
+    in, so the few kept in float32 (the modulation tables) are stored in ``dtype`` too: the same forward."""
+    fsdp = modules.module("distributed.fsdp")
+    return fsdp.shard_model(model.to(dtype), device_id=torch.cuda.current_device(), param_dtype=dtype)
 
 
 def _input_as_weight(linear: torch.nn.Linear, args: tuple):

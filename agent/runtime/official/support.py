@@ -24,7 +24,7 @@ SDPA_BACKENDS = {"native": None, "_native_cudnn": "CUDNN_ATTENTION", "_native_fl
 def refusal(knobs: Knobs, on_gpu: bool) -> str | None:
     """Why the official runtime cannot run ``knobs`` (on a GPU or not), or None."""
     if knobs.runtime != "official":
-        return None
+        return "fsdp is runtime official's (its --dit_fsdp); diffusers' runtime keeps whole experts" if knobs.fsdp else None
     if not on_gpu and knobs.precision != "fp32":
         return f"runtime official computes {knobs.precision} through CUDA autocast only; on the CPU it needs precision fp32"
     unsupported = {
@@ -40,6 +40,12 @@ def refusal(knobs: Knobs, on_gpu: bool) -> str | None:
         return "runtime official splits a trial by its own sequence parallelism (ulysses): not cfg_parallel, vae_parallel, ring"
     if knobs.ulysses > 1 and knobs.offload == "model":
         return "runtime official with ulysses keeps every expert on every GPU (as its generate.py does): not offload=model"
+    if knobs.fsdp and not on_gpu:
+        return "runtime official with fsdp places each rank's shard of the experts on its GPU: it needs GPUs"
+    if knobs.fsdp and knobs.ulysses == 1:
+        return "fsdp shards the experts over the ranks of runtime official's sequence parallelism: set ulysses > 1"
+    if knobs.fsdp and (knobs.fp8 != "none" or knobs.compile != "none"):
+        return "runtime official with fsdp runs its bf16 experts as its generate.py does: not with fp8 or compile"
     if knobs.attention not in SDPA_BACKENDS:
         return f"runtime official attends through SDPA; attention={knobs.attention} is not one of {', '.join(SDPA_BACKENDS)}"
     return None

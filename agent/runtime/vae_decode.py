@@ -1,0 +1,68 @@
+"""The VAE decode rungs (knob ``vae_decode``): the same decoder, laid out and run for the GPU.
+
+``channels_last``: the Conv3d weights in channels-last-3d, so cuDNN runs its implicit-GEMM kernels on NDHWC without
+converting each input, and cuDNN picks the fastest algorithm for each shape. Two of the decoder's habits are copies of
+whole activations at every causal convolution and norm (48 % of a channels-last decode's kernel time on an H200,
+benchmarks/results/h200x2-2026-11-27/decode.md), so they are done without the copies, computing the same function:
+- a causal convolution zero-pads its input in space with ``F.pad`` before convolving (a copy of the input, in the
+  contiguous layout): the spatial zeros become the convolution's own padding, only the time padding stays;
+- the decoder's RMS norm normalizes over the channels in float32 through five elementwise passes: one fused
+  ``rms_norm`` over the channels-last view does it, in float32 inside the kernel.
+``compiled``: that, and the decoder compiled by Inductor (agent/runtime/pipeline.py's VAE_INDUCTOR_OPTIONS).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (torch's convention)
+
+VAE_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": False, "coordinate_descent_check_all_directions": False}
+
+
+def tune_vae(vae, mode: str) -> None:
+    torch.backends.cudnn.benchmark = True  # cuDNN times its conv3d algorithms once per shape, keeps the fastest
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
+            if len(getattr(module, "_padding", ())) == 6:  # diffusers' WanCausalConv3d, the reference's CausalConv3d
+                _pad_in_the_convolution(module)
+        elif type(module).__name__ == "WanRMS_norm" and module.channel_first and not torch.is_tensor(module.bias):
+            module.forward = types.MethodType(_fused_rms_norm, module)
+    if mode == "compiled":
+        # The decoder's blocks share a few forward functions called at a dozen shapes each: past Dynamo's
+        # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so: 1.26 s against
+        # 1.72 channels-last, ~90 s to compile. torchao's FP8 quantize_ turns on Inductor's coordinate-descent
+        # tuning for the whole process where `inductor_tuning` lets it (recommended_inductor_config_setter); with
+        # it, the decoder's first decode ran past 5 min on an H100. The decoder is compiled without it, always.
+        vae.decoder.compile(dynamic=False, options=VAE_INDUCTOR_OPTIONS)
+
+
+def _pad_in_the_convolution(conv: torch.nn.Conv3d) -> None:
+    """The causal convolution's spatial zero padding moved into the convolution; its time padding (zeros or the cached
+    frames in front) stays with it."""
+    # F.pad's order, the last dimension first: width, height, then time (front, back)
+    width, _, height, _, front, _ = tuple(conv._padding)  # type: ignore[arg-type]
+    conv.padding = (0, height, width)
+    conv._time_padding = front  # type: ignore[assignment]
+    conv.forward = types.MethodType(_causal_convolution, conv)  # type: ignore[method-assign]
+
+
+def _causal_convolution(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+    front = self._time_padding
+    if cache_x is not None and front > 0:
+        x = torch.cat([cache_x.to(x.device), x], dim=2)
+        front -= cache_x.shape[2]
+    if front > 0:
+        x = F.pad(x, (0, 0, 0, 0, front, 0))
+    return self._conv_forward(x, self.weight, self.bias)
+
+
+def _fused_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
+    """``WanRMS_norm.forward`` (``F.normalize`` over the channels in float32, times its scale sqrt(C) and gamma) as one
+    ``rms_norm`` over the channels-last view: x / sqrt(mean(x^2) + eps) = x * sqrt(C) / |x| already, eps far below
+    any norm that is not zero (where both give zeros)."""
+    channels = x.shape[1]
+    weight = self.gamma.reshape(channels).to(x.dtype)
+    return F.rms_norm(x.movedim(1, -1), (channels,), weight, eps=1e-24).movedim(-1, 1)
