@@ -313,6 +313,9 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    # A run a script starts with `&` inherits SIGINT ignored, and Python then leaves it so: Ctrl-C and `wan-agent
+    # stop` (which sends SIGINT) would not reach it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stderr,

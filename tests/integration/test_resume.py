@@ -25,8 +25,13 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _as_a_background_job() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell script's `cmd &` hands its job
+
+
 def start_agent(tmp_path: Path, runs: Path) -> subprocess.Popen:
-    """`wan-agent run` on the small playbook, in the background; its first stdout line is the run id."""
+    """`wan-agent run` on the small playbook, in the background as a script's `&` starts it (SIGINT ignored, which
+    Ctrl-C and `wan-agent stop` must still reach); its first stdout line is the run id."""
     book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
     return subprocess.Popen(
         [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
@@ -34,6 +39,7 @@ def start_agent(tmp_path: Path, runs: Path) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
+        preexec_fn=_as_a_background_job,
     )
 
 
