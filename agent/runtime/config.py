@@ -100,7 +100,8 @@ class Knobs(Strict):
     # The VAE decode split over the ranks of such a trial, one overlapping tile each (agent/runtime/parallel_decode.py).
     vae_parallel: bool = False
     # Runtime official with ulysses: each expert's weights sharded over the ranks by FSDP and gathered block by block
-    # at each forward (its generate.py's --dit_fsdp), 1/N of them per GPU, so that the experts fit without offloading.
+    # at each forward (its generate.py's --dit_fsdp), 1/N of them per GPU, so that the experts fit without offloading;
+    # as there, the modulation tables and the expert's inputs (the timestep too) are in bf16: close, not bit for bit.
     fsdp: bool = False
 
     @model_validator(mode="after")

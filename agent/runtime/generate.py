@@ -7,6 +7,7 @@ the pipeline's ``_guidance_scale`` at the expert switch so that such an expert s
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -143,7 +144,7 @@ def decode(pipe, latents: torch.Tensor) -> tuple[np.ndarray, int]:
     As WanPipeline does after its loop (un-normalise, VAE decode, [-1, 1] -> [0, 255]), except that the
     conversion runs on the accelerator: diffusers' postprocess copies a float32 clip (390 MB at 480p, 81
     frames) to host memory and converts it there, which is part of the clip's time. 8-bit frames come back
-    (97 MB), into page-locked memory.
+    (97 MB), through page-locked memory.
     """
     vae = pipe.vae
     shape = (1, vae.config.z_dim, 1, 1, 1)
@@ -155,10 +156,17 @@ def decode(pipe, latents: torch.Tensor) -> tuple[np.ndarray, int]:
         nonfinite = int((~torch.isfinite(video)).sum())
         pixels = ((video.float().nan_to_num(-1.0, 1.0, -1.0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         pixels = pixels.permute(1, 2, 3, 0)
-        # Into page-locked memory (torch caches it from clip to clip): a copy to pageable memory ran at ~1.4 GB/s,
-        # 70 ms of an H200's 0.8 s decode (benchmarks/results/h200x2-2026-11-27/decode-compiled.md).
-        host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=pixels.is_cuda)
-        return host.copy_(pixels).numpy(), nonfinite
+        if not pixels.is_cuda:
+            return pixels.numpy(), nonfinite
+        # Through one page-locked buffer kept for the next clip: straight to pageable memory the copy ran at
+        # ~1.4 GB/s, 70 ms of an H200's 0.8 s decode (benchmarks/results/h200x2-2026-11-27/decode-compiled.md).
+        staging = _page_locked(tuple(pixels.shape))
+        return staging.copy_(pixels).numpy().copy(), nonfinite
+
+
+@functools.lru_cache(maxsize=1)
+def _page_locked(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
 
 
 def summarize(runs: list[Generation]) -> dict:

@@ -16,6 +16,7 @@ from agent.capabilities import FP4_COMPUTE_MIN_CAPABILITY, FP8_COMPUTE_MIN_CAPAB
 from agent.runtime import attention, memory, parallel, parallel_decode
 from agent.runtime.config import Knobs, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
+from agent.runtime.official import support
 from agent.runtime.vae_decode import tune_vae
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         return official.build(config, device)
 
     knobs, dtype = config.knobs, DTYPES[config.knobs.precision]
+    if (refused := support.refusal(knobs, on_gpu=device.type == "cuda")) is not None:  # planning asks it too
+        raise UnsupportedOnHardware(refused)
     if config.gpu_memory_fraction is not None and device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, index)
@@ -172,12 +175,12 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
         apply_fp8(pipe, knobs, device)
     if knobs.fp4 != "none":
         _apply_fp4(pipe, device)
+    if knobs.vae_decode != "eager":  # before offloading's hooks, which wrap the forwards it replaces
+        tune_vae(pipe.vae, knobs.vae_decode)
     if offload != "none":
         memory.place(pipe, offload, device, knobs.text_encoder_on_cpu)
     if knobs.vae_tiling:
         pipe.vae.enable_tiling()
-    if knobs.vae_decode != "eager":
-        tune_vae(pipe.vae, knobs.vae_decode)
     ranks = parallel.mesh(knobs) if parallel.world_size(knobs) > 1 else None
     if knobs.ulysses > 1 or knobs.ring > 1:  # before compile: the plan's hooks go on the modules compile wraps
         if (problem := parallel.share_problem(pipe, knobs, config.workload)) is not None:

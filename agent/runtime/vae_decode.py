@@ -3,12 +3,14 @@
 ``channels_last``: the Conv3d weights in channels-last-3d, so cuDNN runs its implicit-GEMM kernels on NDHWC without
 converting each input, and cuDNN picks the fastest algorithm for each shape. Two of the decoder's habits are copies of
 whole activations at every causal convolution and norm (48 % of a channels-last decode's kernel time on an H200,
-benchmarks/results/h200x2-2026-11-27/decode.md), so they are done without the copies, computing the same function:
+benchmarks/results/h200x2-2026-11-27/decode.md), so they are done without the copies, computing the same function
+(up to rounding: the norm rounds once where the original rounded after each step):
 - a causal convolution zero-pads its input in space with ``F.pad`` before convolving (a copy of the input, in the
   contiguous layout): the spatial zeros become the convolution's own padding, only the time padding stays;
 - the decoder's RMS norm normalizes over the channels in float32 through five elementwise passes: one fused
   ``rms_norm`` over the channels-last view does it, in float32 inside the kernel.
-``compiled``: that, and the decoder compiled by Inductor (agent/runtime/pipeline.py's VAE_INDUCTOR_OPTIONS).
+``compiled``: that, and the decoder compiled by Inductor (VAE_INDUCTOR_OPTIONS). Applied before any offloading, whose
+hooks wrap the forwards replaced here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def tune_vae(vae, mode: str) -> None:
     for module in vae.modules():
         if isinstance(module, torch.nn.Conv3d):
             module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
-            if len(getattr(module, "_padding", ())) == 6:  # diffusers' WanCausalConv3d, the reference's CausalConv3d
+            causal = len(getattr(module, "_padding", ())) == 6  # diffusers' WanCausalConv3d, the reference's CausalConv3d
+            if causal and module.padding_mode == "zeros":
                 _pad_in_the_convolution(module)
         elif type(module).__name__ == "WanRMS_norm" and module.channel_first and not torch.is_tensor(module.bias):
             module.forward = types.MethodType(_fused_rms_norm, module)

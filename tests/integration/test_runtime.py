@@ -172,6 +172,11 @@ def test_direct_build_keeps_diffusers_fp32_modules():
     assert pipe.transformer.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
 
 
+def test_the_diffusers_runtime_refuses_the_official_runtimes_fsdp(model, tmp_path):
+    with pytest.raises(memory.UnsupportedOnHardware, match="fsdp is runtime official's"):  # never quietly ignored
+        pipeline.build(config(model, tmp_path, ulysses=2, fsdp=True), CPU)
+
+
 def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
     # The layout, the causal convolutions' padding done by the convolution and the fused RMS norm change which
     # kernels run, not the function. (The compiled decoder is measured on the GPU: tests/gpu and docs/benchmarks.md;

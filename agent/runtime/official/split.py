@@ -44,7 +44,8 @@ def shard(model, dtype: torch.dtype):
     it (``wan/distributed/fsdp.py``'s ``shard_model``: a unit per block, parameters computed in ``dtype``, rank 0's
     weights broadcast): each unit reaches this rank's GPU and keeps 1/N of its weights there, gathered for each forward.
     FSDP flattens a block's parameters into one tensor of one dtype, and computes in ``dtype`` whatever they are stored
-    in, so the few kept in float32 (the modulation tables) are stored in ``dtype`` too: the same forward."""
+    in, so the few kept in float32 (the modulation tables) are stored in ``dtype`` too. As under ``--dit_fsdp``, FSDP
+    also casts the expert's inputs (latents, timestep) to ``dtype``: close to the unsharded run, not bit for bit."""
     fsdp = modules.module("distributed.fsdp")
     return fsdp.shard_model(model.to(dtype), device_id=torch.cuda.current_device(), param_dtype=dtype)
 
