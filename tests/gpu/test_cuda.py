@@ -83,6 +83,15 @@ def test_vae_decode_modes_keep_the_clip(tmp_path, base, mode):
     assert result["fidelity"]["psnr_dB"] > 30
 
 
+@pytest.mark.parametrize("mode", ["group", "sequential"])
+def test_offloaded_weights_reach_the_tuned_decoder(tmp_path, base, mode):
+    # tune_vae replaces the causal convolutions' and norms' forwards before offloading's hooks wrap them: after
+    # them, the hooks that bring the weights to the GPU would be bypassed
+    result = trial(tmp_path, f"{mode}-channels-last", offload=mode, vae_decode="channels_last")
+    assert result["setup"]["offload"] == mode and result["quality"]["passed"]
+    assert result["fidelity"]["psnr_dB"] > 30
+
+
 def test_text_encoder_on_cpu(tmp_path, base):
     result = trial(tmp_path, "te-cpu", text_encoder_on_cpu=True)
     errors = result["fidelity"]["relative_error"]
