@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,6 +83,14 @@ def profile_decode(pipe, config: TrialConfig, device: torch.device, warm: int) -
     return _profiled(lambda: decode(pipe, latents), device, warm)
 
 
+def knob_setting(text: str) -> tuple[str, object]:
+    """``--set KNOB=VALUE``, the value read as YAML (``true``, ``2``, ``torchao_tensor``)."""
+    name, equals, value = text.partition("=")
+    if not equals or name not in Knobs.model_fields:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KNOB=VALUE with a knob of {', '.join(Knobs.model_fields)}")
+    return name, yaml.safe_load(value)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="a14b", help="synthetic preset (built on the device)")
@@ -89,13 +98,17 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--part", choices=("forward", "decode"), default="forward")
     p.add_argument("--warm", type=int, default=2, help="untimed calls first (compilation lands there)")
-    p.add_argument("--set", action="append", default=[], metavar="KNOB=YAML", help="a knob over the baseline's")
+    p.add_argument("--set", action="append", default=[], type=knob_setting, metavar="KNOB=VALUE", help="over the baseline")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     device = torch.device(args.device)
     config = baseline_trial("forward-profile", args.model, args.playbook, args.device, Measurement(warmup=0, repeats=1))
-    changes = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    config = config.model_copy(update={"knobs": Knobs(**config.knobs.model_dump() | changes)})
+    try:
+        knobs = Knobs(**config.knobs.model_dump() | dict(args.set))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        p.error(f"--set: {problems}")
+    config = config.model_copy(update={"knobs": knobs})
     pipe, _, _ = pipeline.build(config, device)
     profile = profile_forward if args.part == "forward" else profile_decode
     by_name, seconds = profile(pipe, config, device, args.warm)

@@ -92,7 +92,7 @@ def share_problem(pipe, knobs: Knobs, workload) -> str | None:
     None where it can, where nothing cuts tokens, or on the official runtime (its own split pads them)."""
     from agent.runtime.attention import pipeline_shape
 
-    if knobs.runtime == "official" or knobs.ulysses * knobs.ring == 1:  # the official pipeline has no diffusers config
+    if knobs.runtime == "official":  # its pipeline has no diffusers config to read, and its own split pads the tokens
         return None
     problem = uneven(knobs, pipeline_shape(pipe, workload)[1])
     return None if problem is None else f"{workload.width}x{workload.height}, {workload.frames} frames: {problem}"
