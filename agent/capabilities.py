@@ -30,6 +30,8 @@ def cannot_run(knobs: Knobs, hardware: dict, device: str) -> str | None:
     fp8_cores = any(_capability(g) >= FP8_COMPUTE_MIN_CAPABILITY for g in gpus)
     if knobs.fp8.startswith("torchao") and not fp8_cores:
         return f"fp8={knobs.fp8} needs a GPU of compute capability >= 8.9 (FP8 tensor cores); found {found}"
+    if knobs.fp8 == "torchao_static" and knobs.offload in ("model", "group", "sequential"):
+        return f"fp8=torchao_static calibrates with the experts on the GPU: not with offload={knobs.offload}"
     if knobs.fp4 != "none" and not any(_capability(g) >= FP4_COMPUTE_MIN_CAPABILITY for g in gpus):
         return f"fp4={knobs.fp4} needs a GPU of compute capability >= 10.0 (Blackwell FP4 tensor cores); found {found}"
     if (problem := _attention_problem(knobs, gpus, fp8_cores, found)) is not None:

@@ -68,6 +68,7 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             "",
             *_runtime(decision),
             *_attention(decision),
+            *_calibration(decision),
         ]
     if (decision.get("gpu_check") or {}).get("shared"):
         check = decision["gpu_check"]
@@ -139,6 +140,19 @@ def _attention(decision: dict) -> list[str]:
     return [
         f"**Attention.** `{probe['backend']}`{served}{fp8}: probed on {shape} ({probe['dtype']}), {probe['ms']:.1f} ms a call, "
         f"relative error against SDPA {probe['relative_error']:.1e} (tolerance {probe['tolerance']:g}).",
+        "",
+    ]
+
+
+def _calibration(decision: dict) -> list[str]:
+    """How static FP8 scales were found (fp8: torchao_static)."""
+    done = (decision.get("setup") or {}).get("fp8_calibration")
+    if not done:
+        return []
+    return [
+        f"**FP8 scales.** Static, {done['granularity']}: {done['layers']} linear layers observed over one calibration "
+        f"denoising of {done['calibration_steps']} steps (seed {done['calibration_seed']}, not the measured clips'), "
+        f"{done['seconds']:.1f} s of the set-up.",
         "",
     ]
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Precision = Literal["fp32", "bf16", "fp16"]
 # none: weights stay in `precision`. layerwise: float8_e4m3fn storage, upcast per layer (memory only).
 # torchao_row / torchao_tensor: FP8 compute (dynamic activation + weight), CUDA with compute capability >= 8.9.
-Fp8Mode = Literal["none", "layerwise", "torchao_row", "torchao_tensor"]
+# torchao_static: FP8 compute, per-tensor scales, the activations' fixed by a calibration denoising (fp8_static.py).
+Fp8Mode = Literal["none", "layerwise", "torchao_row", "torchao_tensor", "torchao_static"]
 # nvfp4: FP4 compute (torchao NVFP4, dynamic activations, 16-element blocks), Blackwell (compute capability >= 10.0).
 Fp4Mode = Literal["none", "nvfp4"]
 # regional: compile_repeated_blocks (one transformer block, compiled once, reused 40 times); full: the whole model.

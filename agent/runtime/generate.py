@@ -7,7 +7,6 @@ the pipeline's ``_guidance_scale`` at the expert switch so that such an expert s
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -96,7 +95,7 @@ def encode(pipe, config: TrialConfig, device: torch.device) -> tuple[torch.Tenso
 
 def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -> Generation:
     """Generate one clip; ``on_step(index, total, expert, seconds)`` is called after every denoising step."""
-    knobs, work = config.knobs, config.workload
+    knobs = config.knobs
     positive, negative, text_s = encode(pipe, config, device)
     gen = Generation(frames=np.empty(0), text_encode_s=text_s)
     guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
@@ -115,20 +114,7 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
         last[0] = time.perf_counter()
         return kwargs
 
-    latents = pipe(
-        prompt_embeds=positive,
-        negative_prompt_embeds=negative,
-        height=work.height,
-        width=work.width,
-        num_frames=work.frames,
-        num_inference_steps=knobs.steps,
-        guidance_scale=knobs.guidance_scale,
-        # A one-expert model (the 5B) has no low-noise expert, and diffusers refuses a second scale for it.
-        **({"guidance_scale_2": knobs.guidance_scale_2} if two_experts(pipe) else {}),
-        generator=torch.Generator(device="cpu").manual_seed(work.seed),
-        output_type="latent",
-        callback_on_step_end=step_end,
-    ).frames
+    latents = denoise(pipe, config, positive, negative, knobs.steps, config.workload.seed, step_end)
     synchronize(device)
     gen.after_steps_s = time.perf_counter() - last[0]
     t0 = time.perf_counter()
@@ -136,6 +122,29 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
     synchronize(device)
     gen.vae_decode_s = time.perf_counter() - t0
     return gen
+
+
+def _no_step_end(pipeline, index, timestep, kwargs):
+    return kwargs
+
+
+def denoise(pipe, config: TrialConfig, positive, negative, steps: int, seed: int, step_end=_no_step_end) -> torch.Tensor:
+    """The denoising loop of ``config``'s workload in ``steps`` steps from ``seed``'s noise; the final latents."""
+    knobs, work = config.knobs, config.workload
+    return pipe(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=work.height,
+        width=work.width,
+        num_frames=work.frames,
+        num_inference_steps=steps,
+        guidance_scale=knobs.guidance_scale,
+        # A one-expert model (the 5B) has no low-noise expert, and diffusers refuses a second scale for it.
+        **({"guidance_scale_2": knobs.guidance_scale_2} if two_experts(pipe) else {}),
+        generator=torch.Generator(device="cpu").manual_seed(seed),
+        output_type="latent",
+        callback_on_step_end=step_end,
+    ).frames
 
 
 def decode(pipe, latents: torch.Tensor) -> tuple[np.ndarray, int]:
@@ -158,15 +167,12 @@ def decode(pipe, latents: torch.Tensor) -> tuple[np.ndarray, int]:
         pixels = pixels.permute(1, 2, 3, 0)
         if not pixels.is_cuda:
             return pixels.numpy(), nonfinite
-        # Through one page-locked buffer kept for the next clip: straight to pageable memory the copy ran at
-        # ~1.4 GB/s, 70 ms of an H200's 0.8 s decode (benchmarks/results/h200x2-2026-11-27/decode-compiled.md).
-        staging = _page_locked(tuple(pixels.shape))
-        return staging.copy_(pixels).numpy().copy(), nonfinite
-
-
-@functools.lru_cache(maxsize=1)
-def _page_locked(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        # Into page-locked memory, which the frames then live in: straight to pageable memory the copy ran at ~1.4 GB/s,
+        # 70 ms of an H200's 0.8 s decode (benchmarks/results/h200x2-2026-11-27/decode-compiled.md), and a fresh
+        # pageable array faults in each of its pages on first touch. torch's caching host allocator hands the block
+        # back for the next clip once these frames are dropped (worker.py keeps only the last clip's).
+        frames = torch.empty(tuple(pixels.shape), dtype=torch.uint8, pin_memory=True)
+        return frames.copy_(pixels).numpy(), nonfinite
 
 
 def summarize(runs: list[Generation]) -> dict:

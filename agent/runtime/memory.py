@@ -83,7 +83,9 @@ def choose(requested: str, pipe, config, device: torch.device) -> tuple[str, str
         return requested, "asked for by the configuration"
     knobs = config.knobs
     factor = OFFICIAL_DIT_ACTIVATION_FACTOR if knobs.runtime == "official" else DIT_ACTIVATION_FACTOR
-    need = needs(pipe, config.workload, knobs.vae_tiling, knobs.fp8 != "none", knobs.text_encoder_on_cpu, factor)
+    # Static FP8 scales are calibrated with the experts still in their own precision (fp8_static.py): sized so.
+    fp8_weights = knobs.fp8 not in ("none", "torchao_static")
+    need = needs(pipe, config.workload, knobs.vae_tiling, fp8_weights, knobs.text_encoder_on_cpu, factor)
     budget = budget_bytes(device, config.gpu_memory_fraction)
     estimates = ", ".join(f"{m} {n / 2**30:.1f}" for m, n in need.items())
     # The official code swaps whole experts (WanT2V's offload_model) and nothing finer.

@@ -60,8 +60,7 @@ def apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
         for expert in experts(pipe):
             expert.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=DTYPES[knobs.precision])
         return
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_COMPUTE_MIN_CAPABILITY:
-        raise UnsupportedOnHardware(f"fp8={knobs.fp8} needs CUDA compute capability >= 8.9; this device is {device}")
+    require_fp8_cores(knobs, device)
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
     except ImportError as err:  # the playbook's fp8-compute rule falls back to layerwise storage on this message
@@ -72,6 +71,11 @@ def apply_fp8(pipe, knobs: Knobs, device: torch.device) -> None:
     for expert in experts(pipe):
         config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=knobs.inductor_tuning)
         quantize_(expert, config, filter_fn=fp8_compute_filter)
+
+
+def require_fp8_cores(knobs: Knobs, device: torch.device) -> None:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_COMPUTE_MIN_CAPABILITY:
+        raise UnsupportedOnHardware(f"fp8={knobs.fp8} needs CUDA compute capability >= 8.9; this device is {device}")
 
 
 def _apply_fp4(pipe, device: torch.device) -> None:
@@ -171,7 +175,11 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
     t0 = time.perf_counter()
     if offload == "none":  # quantize where the weights will run; offloaded ones are quantized in host memory
         memory.place(pipe, offload, device, knobs.text_encoder_on_cpu)
-    if knobs.fp8 != "none":
+    if knobs.fp8 == "torchao_static":
+        from agent.runtime import fp8_static  # it runs the pipeline, whose generate module imports this one
+
+        setup["fp8_calibration"] = fp8_static.quantize(pipe, config, device, offload)
+    elif knobs.fp8 != "none":
         apply_fp8(pipe, knobs, device)
     if knobs.fp4 != "none":
         _apply_fp4(pipe, device)

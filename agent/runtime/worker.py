@@ -107,13 +107,16 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
     def on_step(index: int, total: int, expert: str, seconds: float) -> None:
         logger.info("  step %d/%d %s %.3f s", index + 1, total, expert, seconds)
 
+    made: list[Generation] = []
+
     def clips(label: str, count: int) -> list[Generation]:
-        made = []
         for i in range(count):
+            for clip in made:  # only the last clip's frames are kept: its page-locked block serves the next clip
+                clip.frames = np.empty(0, dtype=np.uint8)
             logger.info("%s %d/%d", label, i + 1, count)
             made.append(generate(pipe, config, device, on_step))
             logger.info("%s %d/%d took %.3f s", label, i + 1, count, made[-1].total_s)
-        return made
+        return made[-count:] if count else []
 
     nvml = Nvml(nvml_id(device))
     warmups = clips("warm-up", config.measurement.warmup)

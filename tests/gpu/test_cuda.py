@@ -46,12 +46,33 @@ def base(tmp_path):
 
 
 @pytest.mark.skipif(not FP8_CAPABLE, reason="FP8 compute needs compute capability >= 8.9")
-@pytest.mark.parametrize("mode", ["torchao_row", "torchao_tensor"])
+@pytest.mark.parametrize("mode", ["torchao_row", "torchao_tensor", "torchao_static"])
 def test_fp8_compute_runs_and_stays_close_to_bf16(tmp_path, base, mode):
     result = trial(tmp_path, mode, fp8=mode)
     assert result["quality"]["passed"]
     for error in result["fidelity"]["relative_error"].values():
         assert 0 < error < 0.1
+
+
+@pytest.mark.skipif(not FP8_CAPABLE, reason="FP8 compute needs compute capability >= 8.9")
+def test_static_fp8_is_calibrated_then_compiled(tmp_path, base):
+    """Static scales come from one calibration denoising of every block's linear layers in both experts (another seed
+    than the clip's); the quantized blocks then compile as the dynamic ones do, and compute close to bf16."""
+    result = trial(tmp_path, "static", fp8="torchao_static", compile="regional")
+    calibration = result["setup"]["fp8_calibration"]
+    assert calibration["layers"] == 2 * 4 * 10  # two experts, 4 blocks, 10 linear layers each (q k v o twice, ffn 2)
+    assert calibration["calibration_steps"] == 6 and calibration["calibration_seed"] == 4
+    for error in result["fidelity"]["relative_error"].values():
+        assert 0 < error < 0.1
+
+
+@pytest.mark.skipif(not FP8_CAPABLE, reason="FP8 compute needs compute capability >= 8.9")
+def test_the_official_runtime_calibrates_static_fp8_through_its_own_loop(tmp_path, base):
+    """The reference modules' block linears (wan22's WanModel), observed over the reference sampling loop."""
+    pytest.importorskip("wan", reason="the official code (the wan22 package) is not installed")
+    result = trial(tmp_path, "official-static", runtime="official", fp8="torchao_static")
+    assert result["setup"]["fp8_calibration"]["layers"] == 2 * 4 * 10
+    assert result["quality"]["passed"]
 
 
 def test_layerwise_fp8_storage_keeps_the_function(tmp_path, base):

@@ -69,3 +69,17 @@ def test_a_reader_leaves_out_a_line_still_being_written_and_writes_nothing(tmp_p
     assert read_events(path) == [{"kind": "probe"}]
     assert path.read_text().endswith('"na')  # a reader never cuts what the writer is writing
     assert read_events(tmp_path / "absent.jsonl") == []
+
+
+def test_the_journal_says_how_static_fp8_scales_were_found():
+    """Rendered from the journal of an H100 run (benchmarks/results/h100-2026-11-27b/agent-run-static), whose static
+    FP8 trial recorded its calibration; the other trials' dynamic scales say nothing of it."""
+    from pathlib import Path
+
+    from agent.narrative import render_markdown
+
+    recorded = Path(__file__).parents[2] / "benchmarks/results/h100-2026-11-27b/agent-run-static/journal.jsonl"
+    events = [json.loads(line) for line in recorded.read_text().splitlines()]
+    text = render_markdown(events)
+    assert text.count("**FP8 scales.**") == 1
+    assert "800 linear layers observed over one calibration denoising of 4 steps (seed 43" in text
