@@ -59,7 +59,8 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"({'predicted from probe-mode steps, ' if decision.get('predicted') else ''}median of {decision['repeats']}, spread "
             f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
             f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step), VAE decode "
-            f"{_fmt_s(decision['vae_decode_s'])}; load {_fmt_s(decision['stages'].get('load_s'))}, first forwards "
+            f"{_fmt_s(decision['vae_decode_s'])}{_carried(decision)}; load {_fmt_s(decision['stages'].get('load_s'))}, "
+            "first forwards "
             f"(compile, quantize, autotune) {_fmt_s(decision['stages'].get('first_forwards_s'))}{_vae_compile(decision)}; "
             "peak memory "
             f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}{_offload(decision)}.",
@@ -85,6 +86,11 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
         fence = _fence(decision["log_tail"])
         lines += ["Last lines of its log:", "", fence, decision["log_tail"], fence, ""]
     return lines
+
+
+def _carried(decision: dict) -> str:
+    source = decision.get("vae_decode_from")
+    return f" ({source}'s: the same decoder, not timed again)" if source else ""
 
 
 def _vae_compile(decision: dict) -> str:

@@ -29,8 +29,9 @@ def _figures(outcome: dict) -> dict:
         }
         figures["samples_s"] = summary.get("samples_s") or [summary["generate_s"]]
         figures["predicted"] = bool(summary.get("predicted"))  # probe mode: the clip's time is extrapolated
-        if "prediction_error" in summary:
-            figures["prediction_error"] = summary["prediction_error"]
+        for key in ("prediction_error", "vae_decode_from"):
+            if key in summary:
+                figures[key] = summary[key]
         figures |= {
             "stages": result["stages"],
             "memory": memory,

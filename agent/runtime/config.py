@@ -164,6 +164,14 @@ class LoraFiles(Strict):
     low_noise: str  # loaded into `transformer_2`
 
 
+class CarriedDecode(Strict):
+    """Probe mode: the timed VAE decodes of the trial whose decoder this one runs unchanged, used instead of timing it
+    again (agent/nodes/plan.py decides when)."""
+
+    trial: str = Field(min_length=1)
+    samples_s: list[float] = Field(min_length=1)
+
+
 class TrialConfig(Strict):
     """Everything the worker needs, written to ``trial.json`` by the agent."""
 
@@ -182,6 +190,7 @@ class TrialConfig(Strict):
     gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
     # Cap on the worker's address space (RLIMIT_AS): past it an allocation fails as out-of-memory.
     host_memory_GiB: float | None = Field(default=None, gt=0.0)
+    decode_carried: CarriedDecode | None = None
 
     @model_validator(mode="after")
     def _lightning_needs_lora(self) -> TrialConfig:

@@ -1,16 +1,17 @@
 """FP8 linears with static activation scales (knob ``fp8: torchao_static``), calibrated on the trial's own denoising.
 
 Dynamic scales (``torchao_row``/``torchao_tensor``) find each activation's amax at every call: a reduction over the
-whole activation before it can be cast, ~10 % of a warm A14B forward on an H200 even fused by Inductor
+whole activation before it can be cast: ~90-106 ms of an 1814 ms A14B forward on an H200 even fused by Inductor
 (benchmarks/results/h200x2-2026-11-27/forward-tensorwise.md: the ``amax`` kernels and the casts after them). With
 one scale per linear fixed beforehand the cast is elementwise, and Inductor writes FP8 straight from the norm,
 modulation or GELU before it. The scales come from torchao's observers (``Float8StaticActivationFloat8WeightConfig``,
 prepare -> calibrate -> convert; per-tensor, as static activation scales must be), run over one short denoising of
 the trial's prompt in the experts' own precision, from another seed than the measured clips', so that the scales
 are not fitted to the very noise they are then judged on. Activations beyond the calibrated range saturate: a
-precision trade, which the fidelity gate measures on the experts' outputs and the clip like any other. In diffusers'
-runtime it runs before a trial's work is split over GPUs, so that every rank calibrates on the whole problem; the
-official runtime calibrates through its own sampling loop. The experts must be on the GPU (offload none).
+precision trade, which the fidelity gate measures on the experts' outputs and the clip like any other. It runs before
+a trial's work is split over GPUs, so that every rank calibrates on the whole problem, with CFG per expert as the
+measured clips run it. The experts must be on the GPU in their own precision meanwhile (offload none; agent/runtime/
+memory.py sizes them so).
 """
 
 from __future__ import annotations
@@ -25,22 +26,20 @@ from agent.runtime.memory import UnsupportedOnHardware
 from agent.runtime.pipeline import EXPERTS, BackendUnavailable, experts, fp8_compute_filter, require_fp8_cores, synchronize
 
 # Steps of the calibration denoising: the trial's own schedule, shortened past this (its timesteps span the same range,
-# and both experts take steps of it); 8 bf16 CFG steps of A14B are ~55 s on an H100.
+# and both experts take steps of it); 8 bf16 CFG steps of A14B are 16 forwards of ~3.4 s each on an H100 (PERF.md).
 CALIBRATION_STEPS = 8
 CALIBRATION_SEED_OFFSET = 1
 
 
-def quantize(pipe, config: TrialConfig, device: torch.device, offload: str, experts_of=None) -> dict:
-    """Observe the experts' linear inputs over one calibration denoising by ``pipe``, then quantize them with those
-    scales; what was done (layers, steps, seed, seconds) for the trial's set-up record. ``experts_of``: what holds the
-    experts whose blocks are quantized, where that is not ``pipe`` (the official runtime's reference modules)."""
+def quantize(pipe, config: TrialConfig, device: torch.device, offload: str) -> dict:
+    """Observe the experts' linear inputs over one calibration denoising, then quantize them with those scales; what
+    was done (layers, steps, seed, seconds) for the trial's set-up record."""
     require_fp8_cores(config.knobs, device)
     if offload != "none":
         raise UnsupportedOnHardware(
             f"fp8=torchao_static calibrates with the experts on the GPU, and offload is {offload}: "
             "use fp8=torchao_row or torchao_tensor, whose scales need no calibration"
         )
-    holder = pipe if experts_of is None else experts_of
     try:
         from torchao.prototype.quantization.quant_api import Float8ObservedLinear, Float8StaticActivationFloat8WeightConfig
         from torchao.quantization import quantize_
@@ -50,19 +49,24 @@ def quantize(pipe, config: TrialConfig, device: torch.device, offload: str, expe
 
     t0 = time.perf_counter()
     prepare = Float8StaticActivationFloat8WeightConfig(step="prepare", set_inductor_config=False)
-    for expert in experts(holder):
+    for expert in experts(pipe):
         quantize_(expert, prepare, filter_fn=fp8_compute_filter)
+    if not any(isinstance(module, Float8ObservedLinear) for expert in experts(pipe) for module in expert.modules()):
+        raise UnsupportedOnHardware(
+            "fp8=torchao_static found no linear layer to quantize: FP8 compute takes the transformer blocks' bf16 or "
+            f"fp16 ones, and precision is {config.knobs.precision}"
+        )
     steps = min(config.knobs.steps, CALIBRATION_STEPS)
     seed = config.workload.seed + CALIBRATION_SEED_OFFSET
     positive, negative, _ = generate.encode(pipe, config, device)
-    generate.denoise(pipe, config, positive, negative, steps, seed)
+    generate.denoise(pipe, config, positive, negative, steps, seed, generate.guidance_switch(config.knobs))
     synchronize(device)
-    named = {name: getattr(holder, name) for name in EXPERTS if getattr(holder, name, None) is not None}
+    named = {name: getattr(pipe, name) for name in EXPERTS if getattr(pipe, name, None) is not None}
     layers = sum(_calibrated(name, expert, Float8ObservedLinear, steps) for name, expert in named.items())
     if device.type == "cuda":  # the calibration's activations, before the FP8 weights are made beside the bf16 ones
         torch.cuda.empty_cache()
     convert = Float8StaticActivationFloat8WeightConfig(step="convert", set_inductor_config=config.knobs.inductor_tuning)
-    for expert in experts(holder):
+    for expert in experts(pipe):
         quantize_(expert, convert, filter_fn=lambda module, _: isinstance(module, Float8ObservedLinear))
     synchronize(device)
     return {

@@ -98,7 +98,7 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
     knobs = config.knobs
     positive, negative, text_s = encode(pipe, config, device)
     gen = Generation(frames=np.empty(0), text_encode_s=text_s)
-    guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
+    switch = guidance_switch(knobs)
     last = [time.perf_counter()]
 
     def step_end(pipeline, index, timestep, kwargs):
@@ -108,9 +108,7 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
         gen.step_s.append(now - last[0])
         gen.step_expert.append(expert)
         on_step(index, knobs.steps, expert, now - last[0])
-        timesteps = pipeline.scheduler.timesteps
-        if index + 1 < len(timesteps):  # CFG on or off for the expert that takes the next step
-            pipeline._guidance_scale = guidance[expert_for(pipeline, timesteps[index + 1])]
+        switch(pipeline, index, timestep, kwargs)
         last[0] = time.perf_counter()
         return kwargs
 
@@ -124,11 +122,20 @@ def generate(pipe, config: TrialConfig, device: torch.device, on_step: OnStep) -
     return gen
 
 
-def _no_step_end(pipeline, index, timestep, kwargs):
-    return kwargs
+def guidance_switch(knobs):
+    """A step-end callback that turns CFG on or off for the expert that takes the next step (see the module's doc)."""
+    guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
+
+    def switch(pipeline, index, timestep, kwargs):
+        timesteps = pipeline.scheduler.timesteps
+        if index + 1 < len(timesteps):
+            pipeline._guidance_scale = guidance[expert_for(pipeline, timesteps[index + 1])]
+        return kwargs
+
+    return switch
 
 
-def denoise(pipe, config: TrialConfig, positive, negative, steps: int, seed: int, step_end=_no_step_end) -> torch.Tensor:
+def denoise(pipe, config: TrialConfig, positive, negative, steps: int, seed: int, step_end) -> torch.Tensor:
     """The denoising loop of ``config``'s workload in ``steps`` steps from ``seed``'s noise; the final latents."""
     knobs, work = config.knobs, config.workload
     return pipe(

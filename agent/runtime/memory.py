@@ -90,6 +90,11 @@ def choose(requested: str, pipe, config, device: torch.device) -> tuple[str, str
     estimates = ", ".join(f"{m} {n / 2**30:.1f}" for m, n in need.items())
     # The official code swaps whole experts (WanT2V's offload_model) and nothing finer.
     modes = ("none", "model") if knobs.runtime == "official" else ("none", "model", "group", "sequential")
+    if knobs.fp8 == "torchao_static" and need["none"] > FIT_MARGIN * budget:  # refused before any weight is loaded
+        raise UnsupportedOnHardware(
+            f"fp8=torchao_static calibrates with the experts resident in {knobs.precision} (~{need['none'] / 2**30:.1f} GiB "
+            f"with the rest), more than {budget / 2**30:.1f} GiB free allow: use fp8=torchao_row or torchao_tensor"
+        )
     for mode in modes:
         if need[mode] <= FIT_MARGIN * budget:
             return mode, f"needs ~{need[mode] / 2**30:.1f} GiB of {budget / 2**30:.1f} GiB free (GiB needed: {estimates})"

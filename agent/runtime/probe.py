@@ -123,9 +123,14 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
     report["predicted_denoise_s"] += sum(report.get("swap_s", {}).values())
     # The text encoder was already called once (cold: 0.2-0.4 s against 0.05 s warm on an H100); time it warm.
     report["text_encode_samples_s"] = [encode(pipe, config, device)[2] for _ in range(count)]
-    log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")
-    first, *decodes = _timed_decodes(pipe, latents, device, 1 + count)
-    report["vae_first_decode_s"], report["vae_decode_samples_s"] = first, decodes
+    if (carried := config.decode_carried) is not None:
+        log(f"  VAE decode: the same decoder as {carried.trial}'s, whose timed decodes stand for this trial's")
+        decodes = [carried.samples_s[i % len(carried.samples_s)] for i in range(count)]
+        report["vae_decode_from"], report["vae_decode_samples_s"] = carried.trial, decodes
+    else:
+        log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")
+        first, *decodes = _timed_decodes(pipe, latents, device, 1 + count)
+        report["vae_first_decode_s"], report["vae_decode_samples_s"] = first, decodes
     report["vae_decode_s"] = statistics.median(decodes)
     report["clip_samples_s"] = [
         report["text_encode_samples_s"][i]

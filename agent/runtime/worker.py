@@ -160,6 +160,8 @@ def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str) 
         "prediction_error": probe.prediction_error(clips, config.measurement.probe_tolerance),
         "first_call_overhead_s": sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"]),
     }
+    if "vae_decode_from" in report:
+        summary["vae_decode_from"] = report["vae_decode_from"]
     return {"probe": report, "summary": summary, "outputs": {"check": CHECK_FILE}}
 
 

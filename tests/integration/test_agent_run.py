@@ -85,6 +85,16 @@ def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
         assert "**Unresolved.** 04-vae-tiling inconclusive" in (run_dir / "journal.md").read_text()
     assert list(decisions) == ["00-baseline", "01-fp8", "02-mislabelled", "03-lightning", "04-vae-tiling", "05-confirm"]
     assert all(decisions[n]["predicted"] for n in ("00-baseline", "01-fp8", "03-lightning", "04-vae-tiling"))
+    # Rungs that change only the experts' compute take the decodes the baseline timed; the VAE's rung times its own.
+    probed = [n for n in decisions if n != "05-confirm"]
+    probes = {n: json.loads((run_dir / "trials" / n / "result.json").read_text())["probe"] for n in probed}
+    baseline_decodes = probes["00-baseline"]["vae_decode_samples_s"]
+    for name in ("01-fp8", "02-mislabelled", "03-lightning"):
+        assert probes[name]["vae_decode_from"] == "00-baseline" and "vae_first_decode_s" not in probes[name]
+        assert set(probes[name]["vae_decode_samples_s"]) <= set(baseline_decodes)
+        assert decisions[name]["vae_decode_from"] == "00-baseline"
+    assert "vae_decode_from" not in probes["04-vae-tiling"] and "vae_first_decode_s" in probes["04-vae-tiling"]
+    assert "(00-baseline's: the same decoder, not timed again)" in (run_dir / "journal.md").read_text()
     mislabelled = decisions["02-mislabelled"]
     assert mislabelled["verdict"] == "rejected" and "computes a different function" in mislabelled["reason"]
     tiling = decisions["04-vae-tiling"]["fidelity"]

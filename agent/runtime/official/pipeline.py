@@ -226,12 +226,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     diffusers_runtime.synchronize(device)
     stages["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    calibration = None
-    if knobs.fp8 == "torchao_static":  # through the reference sampling loop, the reference modules quantized
-        from agent.runtime import fp8_static
-
-        calibration = fp8_static.quantize(official, config, device, offload, experts_of=inner)
-    elif knobs.fp8 != "none":
+    if knobs.fp8 != "none":
         diffusers_runtime.apply_fp8(inner, knobs, device)
     if knobs.compile != "none":  # each block on its own: the attention stand-in's length check breaks a whole graph
         for expert in diffusers_runtime.experts(inner):
@@ -258,6 +253,4 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
         },
         "attention_patch": patch,
     }
-    if calibration is not None:
-        setup["fp8_calibration"] = calibration
     return official, stages, setup

@@ -31,6 +31,8 @@ def refusal(knobs: Knobs, on_gpu: bool) -> str | None:
         "vae_tiling": "the reference VAE decodes untiled (frame by frame in time)",
         "fp4": "no NVFP4 path for the reference modules yet",
     }
+    if knobs.fp8 == "torchao_static":  # its bf16 experts, T5 and eager activations overfill an 80 GB card while observed
+        return "runtime official does not take fp8=torchao_static: use torchao_row or torchao_tensor (dynamic scales)"
     for name, why in unsupported.items():
         if getattr(knobs, name) not in (False, "none"):
             return f"runtime official does not take {name}={getattr(knobs, name)}: {why}"
