@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agent.gates import changed
 from agent.runtime.config import CarriedDecode, Knobs, Measurement, Workload
 
 DECODER_BLIND = ("fp8", "fp4", "lightning", "steps", "guidance_scale", "guidance_scale_2", "flow_shift", "attention",
@@ -23,8 +24,7 @@ def carried_decode(best: dict | None, knobs: Knobs, measurement: Measurement, wo
     """The best trial's timed decodes (or those it carried itself), where this probe-mode trial would repeat them."""
     if measurement.mode != "probe" or best is None or best.get("workload") != workload.model_dump():
         return None
-    changes = [k for k, v in knobs.model_dump().items() if best["knobs"].get(k) != v]
-    if any(k not in DECODER_BLIND for k in changes):
+    if any(k not in DECODER_BLIND for k in changed(knobs.model_dump(), best["knobs"])):
         return None
     try:
         report = json.loads((Path(best["dir"]) / "result.json").read_text()).get("probe") or {}

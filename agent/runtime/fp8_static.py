@@ -31,15 +31,10 @@ CALIBRATION_STEPS = 8
 CALIBRATION_SEED_OFFSET = 1
 
 
-def quantize(pipe, config: TrialConfig, device: torch.device, offload: str) -> dict:
+def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
     """Observe the experts' linear inputs over one calibration denoising, then quantize them with those scales; what
-    was done (layers, steps, seed, seconds) for the trial's set-up record."""
+    was done (layers, steps, seed, seconds) for the trial's set-up record. memory.choose has refused any offloading."""
     require_fp8_cores(config.knobs, device)
-    if offload != "none":
-        raise UnsupportedOnHardware(
-            f"fp8=torchao_static calibrates with the experts on the GPU, and offload is {offload}: "
-            "use fp8=torchao_row or torchao_tensor, whose scales need no calibration"
-        )
     try:
         from torchao.prototype.quantization.quant_api import Float8ObservedLinear, Float8StaticActivationFloat8WeightConfig
         from torchao.quantization import quantize_

@@ -79,6 +79,11 @@ def choose(requested: str, pipe, config, device: torch.device) -> tuple[str, str
         if requested not in ("none", "auto"):
             raise UnsupportedOnHardware(f"offload={requested} needs an accelerator; this device is {device}")
         return "none", "no accelerator: everything stays in host memory"
+    if config.knobs.fp8 == "torchao_static" and requested not in ("none", "auto"):  # fp8_static.py calibrates resident
+        raise UnsupportedOnHardware(
+            f"fp8=torchao_static calibrates with the experts on the GPU, and offload is {requested}: "
+            "use fp8=torchao_row or torchao_tensor, whose scales need no calibration"
+        )
     if requested != "auto":
         return requested, "asked for by the configuration"
     knobs = config.knobs

@@ -178,7 +178,7 @@ def build(config: TrialConfig, device: torch.device) -> tuple[object, dict[str, 
     if knobs.fp8 == "torchao_static":
         from agent.runtime import fp8_static  # it runs the pipeline, whose generate module imports this one
 
-        setup["fp8_calibration"] = fp8_static.quantize(pipe, config, device, offload)
+        setup["fp8_calibration"] = fp8_static.quantize(pipe, config, device)
     elif knobs.fp8 != "none":
         apply_fp8(pipe, knobs, device)
     if knobs.fp4 != "none":

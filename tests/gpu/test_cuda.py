@@ -137,6 +137,8 @@ def test_auto_offload_follows_the_memory_cap():
     static = static.model_copy(update={"knobs": Knobs(offload="auto", fp8="torchao_static")})
     with pytest.raises(memory.UnsupportedOnHardware, match="calibrates with the experts resident"):
         memory.choose("auto", skeleton, static, CUDA)
+    with pytest.raises(memory.UnsupportedOnHardware, match="calibrates with the experts on the GPU, and offload is group"):
+        memory.choose("group", skeleton, static, CUDA)
 
 
 def test_auto_offload_under_a_real_cap_runs(tmp_path):
