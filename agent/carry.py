@@ -1,11 +1,18 @@
-"""What a probe-mode trial need not measure again: the VAE decode, where it runs the best trial's decoder unchanged.
+"""What a probe-mode trial need not measure again, where it runs a part of the best trial unchanged.
 
-A rung that changes only how the experts compute (FP8, compile, attention, Lightning's steps) decodes the same latent
-shape with the same VAE, settings, placement and processes as the best trial: timing that decode again costs each such
-trial a first call and ``probe_steps`` decodes (~20 s with a tiled decode at 480p on an H100, six trials of a14b's
-ladder; benchmarks/results/h100-2026-11-27b) and adds the decode's noise to a comparison it cannot change. Such a trial
-takes the best's timed decodes instead, and says so; any other change (the VAE's knobs, the runtime, offloading,
-precision, a split over GPUs, the workload) is timed anew. Whole clips (full mode, the confirmation) always are.
+- **The VAE decode.** A rung that changes only how the experts compute (FP8, compile, attention, Lightning's steps)
+  decodes the same latent shape with the same VAE, settings, placement and processes as the best trial: timing that
+  decode again costs each such trial a first call and ``probe_steps`` decodes (~20 s with a tiled decode at 480p on
+  an H100, six trials of a14b's ladder; benchmarks/results/h100-2026-11-27b) and adds the decode's noise to a
+  comparison it cannot change. Such a trial takes the best's timed decodes instead.
+- **The experts' steps.** A rung that changes only the decode (tiling, layout, a compiled or split decoder) runs the
+  best's experts unchanged: their check outputs, compile and probe steps (~40 s a trial there) would time and check
+  what the best already did. Such a trial builds them (so that the decode meets the memory they hold) but takes the
+  best's timed steps; its gate judges the decoded check frame alone (agent/gates.py), as it always did. Where
+  ``offload: auto`` resolves otherwise than for the best (an untiled decode needs more room), the worker times the
+  experts itself (agent/runtime/worker.py).
+Each such trial says so in its journal. Any other change (the runtime, offloading, precision, a split over GPUs, the
+workload) is timed anew, and whole clips (full mode, the confirmation) always are.
 """
 
 from __future__ import annotations
@@ -13,23 +20,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.gates import changed
-from agent.runtime.config import CarriedDecode, Knobs, Measurement, Workload
+from agent.gates import VAE_KNOBS, changed
+from agent.runtime.config import CarriedDecode, CarriedSteps, Knobs, Measurement, Workload
 
 DECODER_BLIND = ("fp8", "fp4", "lightning", "steps", "guidance_scale", "guidance_scale_2", "flow_shift", "attention",
                  "attention_fp8", "compile", "inductor_tuning", "text_encoder_on_cpu")  # fmt: skip
+EXPERTS_BLIND = VAE_KNOBS  # what changes the decode alone
+
+
+def _best_probe(best: dict | None, knobs: Knobs, measurement: Measurement, workload: Workload, blind: tuple) -> dict:
+    """The best trial's probe report, where this probe-mode trial differs from it only in ``blind`` knobs ({} if not)."""
+    if measurement.mode != "probe" or best is None or best.get("workload") != workload.model_dump():
+        return {}
+    if any(k not in blind for k in changed(knobs.model_dump(), best["knobs"])):
+        return {}
+    try:
+        return json.loads((Path(best["dir"]) / "result.json").read_text()).get("probe") or {}
+    except (OSError, ValueError):  # a best without a readable result: this trial times its own, nothing is assumed
+        return {}
 
 
 def carried_decode(best: dict | None, knobs: Knobs, measurement: Measurement, workload: Workload) -> CarriedDecode | None:
     """The best trial's timed decodes (or those it carried itself), where this probe-mode trial would repeat them."""
-    if measurement.mode != "probe" or best is None or best.get("workload") != workload.model_dump():
-        return None
-    if any(k not in DECODER_BLIND for k in changed(knobs.model_dump(), best["knobs"])):
-        return None
-    try:
-        report = json.loads((Path(best["dir"]) / "result.json").read_text()).get("probe") or {}
-    except (OSError, ValueError):  # a best without a readable result times its own: nothing is assumed
-        return None
+    report = _best_probe(best, knobs, measurement, workload, DECODER_BLIND)
     if not report.get("vae_decode_samples_s"):
         return None
+    assert best is not None
     return CarriedDecode(trial=report.get("vae_decode_from", best["name"]), samples_s=report["vae_decode_samples_s"])
+
+
+def carried_steps(
+    best: dict | None, knobs: Knobs, measurement: Measurement, workload: Workload, judged: bool
+) -> CarriedSteps | None:
+    """The best trial's timed expert steps (or those it carried itself), where this probe-mode trial changes only the
+    decode. Only for a trial judged against a reference (``judged``): a reference trial measures its experts' noise."""
+    report = _best_probe(best, knobs, measurement, workload, EXPERTS_BLIND) if judged else {}
+    if not report.get("step_samples_s") or "offload" not in report:
+        return None
+    assert best is not None
+    return CarriedSteps(
+        trial=report.get("steps_from", best["name"]),
+        offload=report["offload"],
+        step_samples_s=report["step_samples_s"],
+        first_step_s=report["first_step_s"],
+        swap_s=report.get("swap_s"),
+    )

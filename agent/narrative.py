@@ -58,9 +58,9 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"**Figures.** {_fmt_s(decision['generate_s'])} per clip "
             f"({'predicted from probe-mode steps, ' if decision.get('predicted') else ''}median of {decision['repeats']}, spread "
             f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
-            f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step), VAE decode "
-            f"{_fmt_s(decision['vae_decode_s'])}{_carried(decision)}; load {_fmt_s(decision['stages'].get('load_s'))}, "
-            "first forwards "
+            f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step)"
+            f"{_carried(decision, 'steps_from')}, VAE decode {_fmt_s(decision['vae_decode_s'])}"
+            f"{_carried(decision, 'vae_decode_from')}; load {_fmt_s(decision['stages'].get('load_s'))}, first forwards "
             f"(compile, quantize, autotune) {_fmt_s(decision['stages'].get('first_forwards_s'))}{_vae_compile(decision)}; "
             "peak memory "
             f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}{_offload(decision)}.",
@@ -88,9 +88,11 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
     return lines
 
 
-def _carried(decision: dict) -> str:
-    source = decision.get("vae_decode_from")
-    return f" ({source}'s: the same decoder, not timed again)" if source else ""
+def _carried(decision: dict, key: str) -> str:
+    """Where a probe-mode trial took a part's timings from the best (agent/carry.py)."""
+    part = {"vae_decode_from": "decoder", "steps_from": "experts"}[key]
+    source = decision.get(key)
+    return f" ({source}'s: the same {part}, not timed again)" if source else ""
 
 
 def _vae_compile(decision: dict) -> str:
@@ -189,19 +191,21 @@ def _quality(decision: dict) -> str:
     text = "passed" if q["passed"] else "FAILED: " + "; ".join(q["reasons"])
     if "std" in q:
         text += f" (pixel std {q['std']:.3f}, mean change between frames {q['temporal_diff'] or 0:.4f})"
+    against = []
     if fid.get("relative_error"):
         worst: dict[str, float] = {}
         for point, error in fid["relative_error"].items():
             expert = point.split("@")[0]
             worst[expert] = max(worst.get(expert, 0.0), error)
         errors = ", ".join(f"{name} {error:.1e}" for name, error in worst.items())
-        reference = fid.get("reference", "the baseline")
-        text += f". Against {reference}: transformer output relative error (worst of its timesteps) {errors}"
-        if fid.get("comparable"):
-            text += f"; frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}"
-        if (fid.get("vae_frame") or {}).get("comparable"):
-            vae = fid["vae_frame"]
-            text += f"; the decoded check frame PSNR {vae['psnr_dB']:.1f} dB, SSIM {vae['ssim']:.3f}"
+        against.append(f"transformer output relative error (worst of its timesteps) {errors}")
+    if fid.get("comparable"):
+        against.append(f"frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}")
+    if (fid.get("vae_frame") or {}).get("comparable"):
+        vae = fid["vae_frame"]
+        against.append(f"the decoded check frame PSNR {vae['psnr_dB']:.1f} dB, SSIM {vae['ssim']:.3f}")
+    if against:  # a trial with carried experts has no output of theirs to compare (agent/carry.py)
+        text += f". Against {fid.get('reference', 'the baseline')}: " + "; ".join(against)
     if decision.get("fidelity_gate"):
         text += f". Gate: {decision['fidelity_gate']['reason']}"
     if fid.get("noise"):

@@ -29,7 +29,7 @@ def _figures(outcome: dict) -> dict:
         }
         figures["samples_s"] = summary.get("samples_s") or [summary["generate_s"]]
         figures["predicted"] = bool(summary.get("predicted"))  # probe mode: the clip's time is extrapolated
-        for key in ("prediction_error", "vae_decode_from"):
+        for key in ("prediction_error", "vae_decode_from", "steps_from"):
             if key in summary:
                 figures[key] = summary[key]
         figures |= {

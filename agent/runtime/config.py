@@ -172,6 +172,17 @@ class CarriedDecode(Strict):
     samples_s: list[float] = Field(min_length=1)
 
 
+class CarriedSteps(Strict):
+    """Probe mode: the timed expert steps of the trial whose experts this one runs unchanged (only its decode differs),
+    used instead of timing them again where the experts are placed as they were there (``offload``, resolved)."""
+
+    trial: str = Field(min_length=1)
+    offload: str = Field(min_length=1)
+    step_samples_s: dict[str, list[float]]
+    first_step_s: dict[str, float]
+    swap_s: dict[str, float] | None = None
+
+
 class TrialConfig(Strict):
     """Everything the worker needs, written to ``trial.json`` by the agent."""
 
@@ -191,6 +202,7 @@ class TrialConfig(Strict):
     # Cap on the worker's address space (RLIMIT_AS): past it an allocation fails as out-of-memory.
     host_memory_GiB: float | None = Field(default=None, gt=0.0)
     decode_carried: CarriedDecode | None = None
+    steps_carried: CarriedSteps | None = None
 
     @model_validator(mode="after")
     def _lightning_needs_lora(self) -> TrialConfig:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agent import stats
-from agent.runtime.config import TrialConfig
+from agent.runtime.config import CarriedSteps, TrialConfig
 from agent.runtime.generate import boundary_timestep, decode, encode, expert_for
 from agent.runtime.pipeline import experts
 
@@ -78,24 +78,70 @@ def _step(model, latents, timestep, positive, negative, guidance: float, per_tok
     return out
 
 
-def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, log, offload: str = "none") -> dict:
+def probe(
+    pipe,
+    config: TrialConfig,
+    device: torch.device,
+    positive,
+    negative,
+    log,
+    offload: str = "none",
+    warmed: bool = False,
+    carried: CarriedSteps | None = None,
+) -> dict:
     """Warm up, then time ``probe_steps`` steps of each expert, text encodes and VAE decodes (all warm); predict
     the clip from each set of them: sample i is text_i + Σ_expert steps·step_i + decode_i (+ the expert swaps of a
-    clip, when ``offload`` is model: one step of each expert again, right after the other's, less its warm step)."""
+    clip, when ``offload`` is model: one step of each expert again, right after the other's, less its warm step).
+    ``warmed``: each expert has already run at these shapes in this mode (the check outputs), which stands for the
+    first warm-up step (on an H100 the step after them was within 0.3 % of the next three). ``carried``: the experts
+    are another trial's, unchanged: its timed steps stand for theirs (agent/carry.py)."""
     knobs, measure = config.knobs, config.measurement
     split = expert_steps(pipe, knobs.steps)
-    guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
     latents = _latents(pipe, config, device, seed=config.workload.seed)
+    count = measure.probe_steps
+    report: dict = {"steps": {name: len(ts) for name, ts in split.items()}, "offload": offload}
+    if carried is not None:
+        log(f"  probe: the same experts as {carried.trial}'s, whose timed steps stand for this trial's")
+        report |= {"steps_from": carried.trial, "first_step_s": carried.first_step_s}
+        report["step_samples_s"] = {n: [s[i % len(s)] for i in range(count)] for n, s in carried.step_samples_s.items()}
+        report["step_s"] = {n: statistics.median(s) for n, s in report["step_samples_s"].items()}
+        if carried.swap_s is not None:
+            report["swap_s"] = carried.swap_s
+    else:
+        # At least one untimed step where nothing ran the experts yet: first calls compile, autotune, allocate.
+        report |= _expert_steps(
+            pipe, config, device, positive, negative, log, offload, latents, split, max(measure.warmup, 1) - warmed
+        )
+    report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
+    report["predicted_denoise_s"] += sum(report.get("swap_s", {}).values())
+    # The text encoder was already called once (cold: 0.2-0.4 s against 0.05 s warm on an H100); time it warm.
+    report["text_encode_samples_s"] = [encode(pipe, config, device)[2] for _ in range(count)]
+    if (decoder := config.decode_carried) is not None:
+        log(f"  VAE decode: the same decoder as {decoder.trial}'s, whose timed decodes stand for this trial's")
+        decodes = [decoder.samples_s[i % len(decoder.samples_s)] for i in range(count)]
+        report["vae_decode_from"], report["vae_decode_samples_s"] = decoder.trial, decodes
+    else:
+        log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")
+        first, *decodes = _timed_decodes(pipe, latents, device, 1 + count)
+        report["vae_first_decode_s"], report["vae_decode_samples_s"] = first, decodes
+    report["vae_decode_s"] = statistics.median(decodes)
+    report["clip_samples_s"] = [
+        report["text_encode_samples_s"][i]
+        + sum(report["steps"][n] * report["step_samples_s"][n][i] for n in report["step_samples_s"])
+        + decodes[i]
+        + sum(report.get("swap_s", {}).values())
+        for i in range(count)
+    ]
+    return report
+
+
+def _expert_steps(pipe, config: TrialConfig, device, positive, negative, log, offload, latents, split, warmup: int) -> dict:
+    """``warmup`` untimed, then ``probe_steps`` timed steps of each expert (and, offloaded per model, the swaps)."""
+    knobs, count = config.knobs, config.measurement.probe_steps
+    guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
     per_token = bool(pipe.config.expand_timesteps)
     state = latents.float()  # the pipeline keeps its latents in float32 between steps
-    warmup = max(measure.warmup, 1)  # at least one untimed step: first calls compile, autotune, allocate
-    count = measure.probe_steps
-    report: dict = {
-        "steps": {name: len(ts) for name, ts in split.items()},
-        "step_s": {},
-        "first_step_s": {},
-        "step_samples_s": {},
-    }
+    report: dict = {"step_s": {}, "first_step_s": {}, "step_samples_s": {}}
 
     def step(name: str, model) -> float:
         t = split[name][0]
@@ -119,26 +165,6 @@ def probe(pipe, config: TrialConfig, device: torch.device, positive, negative, l
         if offload == "model" and len(named) == 2:
             report["swap_s"] = {name: max(step(name, model) - report["step_s"][name], 0.0) for name, model in named}
             log(f"  probe expert swaps {sum(report['swap_s'].values()):.3f} s a clip")
-    report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
-    report["predicted_denoise_s"] += sum(report.get("swap_s", {}).values())
-    # The text encoder was already called once (cold: 0.2-0.4 s against 0.05 s warm on an H100); time it warm.
-    report["text_encode_samples_s"] = [encode(pipe, config, device)[2] for _ in range(count)]
-    if (carried := config.decode_carried) is not None:
-        log(f"  VAE decode: the same decoder as {carried.trial}'s, whose timed decodes stand for this trial's")
-        decodes = [carried.samples_s[i % len(carried.samples_s)] for i in range(count)]
-        report["vae_decode_from"], report["vae_decode_samples_s"] = carried.trial, decodes
-    else:
-        log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")
-        first, *decodes = _timed_decodes(pipe, latents, device, 1 + count)
-        report["vae_first_decode_s"], report["vae_decode_samples_s"] = first, decodes
-    report["vae_decode_s"] = statistics.median(decodes)
-    report["clip_samples_s"] = [
-        report["text_encode_samples_s"][i]
-        + sum(report["steps"][n] * report["step_samples_s"][n][i] for n in report["step_samples_s"])
-        + decodes[i]
-        + sum(report.get("swap_s", {}).values())
-        for i in range(count)
-    ]
     return report
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from agent.files import atomic_path, write_json_atomic
 from agent.hardware import versions
 from agent.runtime import parallel
-from agent.runtime.config import TrialConfig
+from agent.runtime.config import CarriedSteps, TrialConfig
 
 logger = logging.getLogger("agent.worker")
 
@@ -141,11 +141,23 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
     }
 
 
-def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str) -> dict:
+def _carried_steps(config: TrialConfig, offload: str) -> CarriedSteps | None:
+    """The best's timed expert steps where this trial runs its experts as the best did, offload resolved included."""
+    carried = config.steps_carried
+    if carried is not None and carried.offload != offload:
+        logger.info("experts timed here: offload %s, where %s's ran with %s", offload, carried.trial, carried.offload)
+        return None
+    return carried
+
+
+def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, carried: CarriedSteps | None) -> dict:
     """Per-expert forwards only; the clip's time is predicted from them, with the error the prediction may have."""
     from agent.runtime import probe
 
-    report = probe.probe(pipe, config, device, positive, negative, logger.info, offload)
+    # The check outputs ran each expert at these shapes, unless they are carried; offloaded per model, the probe's
+    # first step would also swap its expert in, so it stays a warm-up.
+    warmed = carried is None and offload == "none"
+    report = probe.probe(pipe, config, device, positive, negative, logger.info, offload, warmed=warmed, carried=carried)
     clips = report["clip_samples_s"]
     summary = {
         "generate_s": statistics.median(clips),
@@ -160,8 +172,9 @@ def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str) 
         "prediction_error": probe.prediction_error(clips, config.measurement.probe_tolerance),
         "first_call_overhead_s": sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"]),
     }
-    if "vae_decode_from" in report:
-        summary["vae_decode_from"] = report["vae_decode_from"]
+    for key in ("vae_decode_from", "steps_from"):
+        if key in report:
+            summary[key] = report[key]
     return {"probe": report, "summary": summary, "outputs": {"check": CHECK_FILE}}
 
 
@@ -185,7 +198,10 @@ def run(config: TrialConfig) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     positive, negative, _ = encode(pipe, config, device)
-    check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
+    carried = _carried_steps(config, setup["offload"]) if config.measurement.mode == "probe" else None
+    check: dict = {}
+    if carried is None:  # a carried trial's experts are the best's, unchanged: their outputs were checked there
+        check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
     if config.knobs.vae_decode == "compiled":  # compiling the decoder stays out of the timed clips and decodes
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))
@@ -196,7 +212,7 @@ def run(config: TrialConfig) -> dict:
         np.savez(check_file, **check)  # type: ignore[arg-type]
     check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
     if config.measurement.mode == "probe":
-        measured = _probe(pipe, config, device, positive, negative, setup["offload"])
+        measured = _probe(pipe, config, device, positive, negative, setup["offload"], carried)
         reasons = [] if check_finite else ["non-finite transformer output"]
         measured["quality"] = {"passed": check_finite, "reasons": reasons, "finite": check_finite, "note": "probe mode: no clip"}
     else:

@@ -11,7 +11,7 @@ import torch
 
 from agent import sources
 from agent.runtime import attention, memory, pipeline, probe, vae_decode
-from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
+from agent.runtime.config import CarriedSteps, Knobs, Measurement, TrialConfig, Workload
 from agent.runtime.generate import decode, encode, generate
 from agent.sources import synthetic
 
@@ -191,3 +191,28 @@ def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
     (a, _), (b, _) = decode(eager, latents), decode(tuned, latents)
     assert a.shape == (9, 48, 64, 3) and a.dtype == np.uint8
     assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_the_probe_runs_warm_experts_without_a_warm_up_and_carried_ones_not_at_all(model, tmp_path, one_thread):
+    cfg = config(model, tmp_path, precision="bf16", steps=6, guidance_scale=4.0, guidance_scale_2=1.0)
+    pipe, _, _ = pipeline.build(cfg, CPU)
+    positive, negative, _ = encode(pipe, cfg, CPU)
+    high, low = count_forwards(pipe.transformer), count_forwards(pipe.transformer_2)
+    count = cfg.measurement.probe_steps
+    # After the check outputs ran each expert at these shapes, only the timed steps run (CFG: two forwards a step).
+    warmed = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, warmed=True)
+    assert (high[0], low[0]) == (2 * count, count)
+    assert all(len(s) == count for s in warmed["step_samples_s"].values()) and warmed["offload"] == "none"
+    cold = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)  # one untimed step first
+    assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
+    # Another trial's experts, unchanged: its timed steps (fewer than this trial's count: reused in turn), no forward.
+    steps = {"transformer": [0.5, 0.7], "transformer_2": [0.25, 0.35]}
+    carried = CarriedSteps(trial="03-best", offload="none", step_samples_s=steps, first_step_s={"transformer": 2.0})
+    report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, carried=carried)
+    assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
+    assert report["steps_from"] == "03-best" and report["step_samples_s"]["transformer"] == [0.5, 0.7, 0.5][:count]
+    assert report["step_s"] == {"transformer": 0.5, "transformer_2": 0.25}
+    for i, clip in enumerate(report["clip_samples_s"]):
+        expected = sum(report["steps"][n] * steps[n][i % 2] for n in steps)
+        assert clip == pytest.approx(report["text_encode_samples_s"][i] + expected + report["vae_decode_samples_s"][i])
+    assert cold["first_step_s"]["transformer"] > 0
