@@ -8,7 +8,8 @@
 - **The experts' steps.** A rung that changes only the decode (tiling, layout, a compiled or split decoder) runs the
   best's experts unchanged: their check outputs, compile and probe steps (~40 s a trial there) would time and check
   what the best already did. Such a trial builds them (so that the decode meets the memory they hold) but takes the
-  best's timed steps; its gate judges the decoded check frame alone (agent/gates.py), as it always did. Where
+  best's timed steps and its experts' check outputs (the same experts: against the reference they differ as the
+  best's did, which the gate needs where the best changed them from the reference's knobs). Where
   ``offload: auto`` resolves otherwise than for the best (an untiled decode needs more room), the worker times the
   experts itself (agent/runtime/worker.py).
 Each such trial says so in its journal. Any other change (the runtime, offloading, precision, a split over GPUs, the
@@ -60,6 +61,7 @@ def carried_steps(
     assert best is not None
     return CarriedSteps(
         trial=report.get("steps_from", best["name"]),
+        dir=best["dir"],
         offload=report["offload"],
         step_samples_s=report["step_samples_s"],
         first_step_s=report["first_step_s"],

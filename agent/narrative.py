@@ -198,13 +198,14 @@ def _quality(decision: dict) -> str:
             expert = point.split("@")[0]
             worst[expert] = max(worst.get(expert, 0.0), error)
         errors = ", ".join(f"{name} {error:.1e}" for name, error in worst.items())
-        against.append(f"transformer output relative error (worst of its timesteps) {errors}")
+        whose = f"{decision['steps_from']}'s experts, " if decision.get("steps_from") else ""
+        against.append(f"transformer output relative error ({whose}worst of its timesteps) {errors}")
     if fid.get("comparable"):
         against.append(f"frames PSNR {fid['psnr_dB']:.1f} dB, SSIM {fid['ssim']:.3f}")
     if (fid.get("vae_frame") or {}).get("comparable"):
         vae = fid["vae_frame"]
         against.append(f"the decoded check frame PSNR {vae['psnr_dB']:.1f} dB, SSIM {vae['ssim']:.3f}")
-    if against:  # a trial with carried experts has no output of theirs to compare (agent/carry.py)
+    if against:
         text += f". Against {fid.get('reference', 'the baseline')}: " + "; ".join(against)
     if decision.get("fidelity_gate"):
         text += f". Gate: {decision['fidelity_gate']['reason']}"

@@ -81,9 +81,10 @@ def runtime_env(environments: dict | None, runtime: str) -> dict[str, str]:
 
 def worker_env(run_dir: Path, runtime_vars: dict[str, str]) -> dict[str, str]:
     """What a worker process needs set (a trial's, or `wan-agent serve`'s): this project importable, CUDA's GPU order
-    NVML's, and compiled kernels cached per run (unless TORCHINDUCTOR_CACHE_DIR says where), not in shared /tmp."""
+    NVML's, and compiled kernels cached per run (unless TORCHINDUCTOR_CACHE_DIR said where when the agent started),
+    not in shared /tmp."""
     pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(run_dir / "inductor-cache")
+    cache = agent.INDUCTOR_CACHE_AT_START or str(run_dir / "inductor-cache")
     return {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": cache, **gpu_map.DEVICE_ORDER,
             **runtime_vars}  # fmt: skip
 

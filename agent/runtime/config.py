@@ -177,6 +177,7 @@ class CarriedSteps(Strict):
     used instead of timing them again where the experts are placed as they were there (``offload``, resolved)."""
 
     trial: str = Field(min_length=1)
+    dir: str = Field(min_length=1)  # its trial directory: the experts' check outputs as it computed (or carried) them
     offload: str = Field(min_length=1)
     step_samples_s: dict[str, list[float]]
     first_step_s: dict[str, float]

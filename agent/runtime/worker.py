@@ -142,12 +142,24 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
 
 
 def _carried_steps(config: TrialConfig, offload: str) -> CarriedSteps | None:
-    """The best's timed expert steps where this trial runs its experts as the best did, offload resolved included."""
+    """The best's timed expert steps where this trial runs its experts as the best did, offload resolved included,
+    and the best's check outputs of them are there to stand for this trial's."""
     carried = config.steps_carried
-    if carried is not None and carried.offload != offload:
+    if carried is None:
+        return None
+    if carried.offload != offload:
         logger.info("experts timed here: offload %s, where %s's ran with %s", offload, carried.trial, carried.offload)
         return None
+    if not (Path(carried.dir) / CHECK_FILE).exists():
+        logger.info("experts timed here: %s has no check outputs of them", carried.trial)
+        return None
     return carried
+
+
+def _carried_checks(carried: CarriedSteps) -> dict[str, np.ndarray]:
+    """The experts' check outputs as the trial they are carried from computed them (the decoded frame is this trial's)."""
+    with checks(Path(carried.dir)) as theirs:
+        return {name: theirs[name] for name in theirs.files if name != VAE_CHECK}
 
 
 def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, carried: CarriedSteps | None) -> dict:
@@ -199,9 +211,10 @@ def run(config: TrialConfig) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     positive, negative, _ = encode(pipe, config, device)
     carried = _carried_steps(config, setup["offload"]) if config.measurement.mode == "probe" else None
-    check: dict = {}
-    if carried is None:  # a carried trial's experts are the best's, unchanged: their outputs were checked there
+    if carried is None:
         check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
+    else:  # the best's experts, unchanged: their outputs as computed there
+        check = _carried_checks(carried)
     if config.knobs.vae_decode == "compiled":  # compiling the decoder stays out of the timed clips and decodes
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))

@@ -207,7 +207,9 @@ def test_the_probe_runs_warm_experts_without_a_warm_up_and_carried_ones_not_at_a
     assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
     # Another trial's experts, unchanged: its timed steps (fewer than this trial's count: reused in turn), no forward.
     steps = {"transformer": [0.5, 0.7], "transformer_2": [0.25, 0.35]}
-    carried = CarriedSteps(trial="03-best", offload="none", step_samples_s=steps, first_step_s={"transformer": 2.0})
+    carried = CarriedSteps(
+        trial="03-best", dir=str(tmp_path), offload="none", step_samples_s=steps, first_step_s={"transformer": 2.0}
+    )
     report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, carried=carried)
     assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
     assert report["steps_from"] == "03-best" and report["step_samples_s"]["transformer"] == [0.5, 0.7, 0.5][:count]

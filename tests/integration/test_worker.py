@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from agent import sources, trials
+from agent import carry, gates, sources, trials
 from agent.runtime.config import Knobs, LoraFiles, Measurement, TrialConfig, Workload
 from tests.conftest import ROOT
 
@@ -181,3 +181,49 @@ def test_a_compiled_vae_decoder_compiles_before_the_timed_clips(model, tmp_path)
     compile_s, decode_s = result["stages"]["vae_compile_s"], result["summary"]["vae_decode_s"]
     assert compile_s > 20 * decode_s, (compile_s, decode_s)  # Inductor's work landed in the warm-up decodes
     assert result["quality"]["passed"] and "compiling the VAE decoder" in log
+
+
+@pytest.mark.parametrize("started_with", [None, "/custom/inductor"])
+def test_trials_cache_kernels_where_the_agent_was_started_to(started_with):
+    # Importing diffusers imports torch._dynamo, which sets TORCHINDUCTOR_CACHE_DIR in the importing process: the
+    # trials planned after it must still share the run's cache (or the one the user named).
+    code = (
+        "import os; from pathlib import Path; from agent import trials; import diffusers; "
+        "print(trials.worker_env(Path('/runs/r1'), {})['TORCHINDUCTOR_CACHE_DIR'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env |= {"TORCHINDUCTOR_CACHE_DIR": started_with} if started_with else {}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (started_with or "/runs/r1/inductor-cache")
+
+
+def test_a_decode_rung_carries_the_best_experts_steps_and_outputs(model, tmp_path):
+    # Baseline, then a kept rung that changes the experts (layerwise FP8), then a decode rung on top of it: judged
+    # against the baseline, it must show the FP8 experts' difference from it, which it takes from the FP8 trial.
+    probe = Measurement(mode="probe", warmup=1, repeats=2, probe_steps=2, cpu_threads=1)
+    base = config(model, tmp_path / "00-baseline").model_copy(update={"measurement": probe})
+    fp8 = config(model, tmp_path / "01-fp8", fp8="layerwise")
+    fp8 = fp8.model_copy(update={"measurement": probe, "reference_dir": base.output_dir})
+    runs = {}
+    for cfg in (base, fp8):
+        code, runs[cfg.name], log = work(cfg)
+        assert code == 0, log
+    best = {"name": fp8.name, "dir": fp8.output_dir, "knobs": fp8.knobs.model_dump(), "workload": fp8.workload.model_dump()}
+    knobs = fp8.knobs.model_copy(update={"vae_tiling": True})
+    carried = carry.carried_steps(best, knobs, probe, fp8.workload, judged=True)
+    assert carried is not None and carried.trial == "01-fp8"
+    assert carry.carried_steps(best, fp8.knobs.model_copy(update={"steps": 3}), probe, fp8.workload, judged=True) is None
+    tiled = config(model, tmp_path / "02-vae-tiling", fp8="layerwise", vae_tiling=True)
+    tiled = tiled.model_copy(update={"measurement": probe, "reference_dir": base.output_dir, "steps_carried": carried})
+    code, result, log = work(tiled)
+    assert code == 0, log
+    assert "probe transformer step" not in log and "the same experts as 01-fp8's" in log
+    assert result["probe"]["steps_from"] == "01-fp8" and result["summary"]["steps_from"] == "01-fp8"
+    assert result["probe"]["step_samples_s"] == runs["01-fp8"]["probe"]["step_samples_s"]
+    errors = result["fidelity"]["relative_error"]
+    assert errors == runs["01-fp8"]["fidelity"]["relative_error"] and min(errors.values()) > 0
+    noise = runs["00-baseline"]["fidelity"]["noise"]
+    decision = {"noise_multiple": 3.0, "max_relative_error": 0.1, "min_psnr_dB": 30.0}
+    gate = gates.check(result["fidelity"], noise, tiled.knobs.model_dump(), base.knobs.model_dump(), decision)
+    assert gate["passed"], gate
