@@ -12,8 +12,13 @@
   best's did, which the gate needs where the best changed them from the reference's knobs). Where
   ``offload: auto`` resolves otherwise than for the best (an untiled decode needs more room), the worker times the
   experts itself (agent/runtime/worker.py).
-Each such trial says so in its journal. Any other change (the runtime, offloading, precision, a split over GPUs, the
-workload) is timed anew, and whole clips (full mode, the confirmation) always are.
+What a carried part leaves out, and why it is accepted: the decode is timed in a process whose experts did not run first
+(an untiled decode took 2.07 s so on an H100, benchmarks/results/h100-2026-11-27c/agent-run-bare, and 2.09-2.12 s after
+the experts' steps in the run before it); the peak memory recorded is the decode's alone (the experts' activations are
+the best's figure); a decoder tuned for cuDNN (``cudnn.benchmark``) lets cuDNN choose anew for the experts' patch
+embedding too (one convolution of a forward). The confirmation times the winner whole. Each such trial says so in its
+journal. Any other change (the runtime, offloading, precision, a split over GPUs, the workload) is timed anew, and whole
+clips (full mode, the confirmation) always are.
 """
 
 from __future__ import annotations

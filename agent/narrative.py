@@ -60,9 +60,8 @@ def _trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"{decision['spread_s']:.3f} s): text encoding {_fmt_s(decision['text_encode_s'])}, denoising "
             f"{_fmt_s(decision['denoise_s'])} ({decision['step_s'] * 1000:.1f} ms/step)"
             f"{_carried(decision, 'steps_from')}, VAE decode {_fmt_s(decision['vae_decode_s'])}"
-            f"{_carried(decision, 'vae_decode_from')}; load {_fmt_s(decision['stages'].get('load_s'))}, first forwards "
-            f"(compile, quantize, autotune) {_fmt_s(decision['stages'].get('first_forwards_s'))}{_vae_compile(decision)}; "
-            "peak memory "
+            f"{_carried(decision, 'vae_decode_from')}; load {_fmt_s(decision['stages'].get('load_s'))}, "
+            f"{_first_forwards(decision)}{_vae_compile(decision)}; peak memory "
             f"{_memory(decision)}; energy {_energy(decision)}; on {decision['device']}{_offload(decision)}.",
             "",
             f"**Quality.** {_quality(decision)}",
@@ -93,6 +92,12 @@ def _carried(decision: dict, key: str) -> str:
     part = {"vae_decode_from": "decoder", "steps_from": "experts"}[key]
     source = decision.get(key)
     return f" ({source}'s: the same {part}, not timed again)" if source else ""
+
+
+def _first_forwards(decision: dict) -> str:
+    if "first_forwards_s" not in decision["stages"] and decision.get("steps_from"):
+        return "no expert forwards (their figures are the best's)"
+    return f"first forwards (compile, quantize, autotune) {_fmt_s(decision['stages'].get('first_forwards_s'))}"
 
 
 def _vae_compile(decision: dict) -> str:

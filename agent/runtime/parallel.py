@@ -205,6 +205,18 @@ def remember_negative(pipe, negative) -> None:
         split.negative, split.pending = negative, None
 
 
+def ranks_disagree(flag: bool, device) -> bool:
+    """Whether some rank of this torchrun trial holds another ``flag`` than this one (False outside torchrun)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    votes = torch.tensor([int(flag), -int(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MIN)  # [every rank's flag, -(any rank's flag)]
+    return bool(votes[0].item()) != bool(-votes[1].item())
+
+
 def leave(rank: Rank | None) -> None:
     import torch
 

@@ -93,8 +93,11 @@ def probe(
     the clip from each set of them: sample i is text_i + Σ_expert steps·step_i + decode_i (+ the expert swaps of a
     clip, when ``offload`` is model: one step of each expert again, right after the other's, less its warm step).
     ``warmed``: each expert has already run at these shapes in this mode (the check outputs), which stands for the
-    first warm-up step (on an H100 the step after them was within 0.3 % of the next three). ``carried``: the experts
-    are another trial's, unchanged: its timed steps stand for theirs (agent/carry.py)."""
+    first warm-up step: on an H100 the step after them was within 0.6 % of the median of the next three in every trial
+    of benchmarks/results/h100-2026-11-27b/agent-run-bare (09-compiled-vae's, after the decoder's compile, included).
+    ``carried``: the experts are another trial's, unchanged: the median of its timed steps stands for each of theirs
+    (agent/carry.py), as the median of a carried decoder's decodes does; a constant, so that neither a repeated sample
+    nor the count of another trial enters this trial's spread."""
     knobs, measure = config.knobs, config.measurement
     split = expert_steps(pipe, knobs.steps)
     latents = _latents(pipe, config, device, seed=config.workload.seed)
@@ -103,8 +106,8 @@ def probe(
     if carried is not None:
         log(f"  probe: the same experts as {carried.trial}'s, whose timed steps stand for this trial's")
         report |= {"steps_from": carried.trial, "first_step_s": carried.first_step_s}
-        report["step_samples_s"] = {n: [s[i % len(s)] for i in range(count)] for n, s in carried.step_samples_s.items()}
-        report["step_s"] = {n: statistics.median(s) for n, s in report["step_samples_s"].items()}
+        report["step_s"] = {n: statistics.median(s) for n, s in carried.step_samples_s.items()}
+        report["step_samples_s"] = {n: [s] * count for n, s in report["step_s"].items()}
         if carried.swap_s is not None:
             report["swap_s"] = carried.swap_s
     else:
@@ -118,7 +121,7 @@ def probe(
     report["text_encode_samples_s"] = [encode(pipe, config, device)[2] for _ in range(count)]
     if (decoder := config.decode_carried) is not None:
         log(f"  VAE decode: the same decoder as {decoder.trial}'s, whose timed decodes stand for this trial's")
-        decodes = [decoder.samples_s[i % len(decoder.samples_s)] for i in range(count)]
+        decodes = [statistics.median(decoder.samples_s)] * count
         report["vae_decode_from"], report["vae_decode_samples_s"] = decoder.trial, decodes
     else:
         log(f"  VAE decode: a first call (cuDNN autotuning), then {count} timed")

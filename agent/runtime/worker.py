@@ -141,18 +141,20 @@ def _full(pipe, config: TrialConfig, device, out: Path, stages: dict) -> dict:
     }
 
 
-def _carried_steps(config: TrialConfig, offload: str) -> CarriedSteps | None:
+def _carried_steps(config: TrialConfig, offload: str, device) -> CarriedSteps | None:
     """The best's timed expert steps where this trial runs its experts as the best did, offload resolved included,
-    and the best's check outputs of them are there to stand for this trial's."""
+    and the best's check outputs of them are there to stand for this trial's. Under torchrun every rank decides alike
+    (a rank that ran the experts alone would wait in their collectives for the others)."""
     carried = config.steps_carried
-    if carried is None:
-        return None
-    if carried.offload != offload:
+    if carried is not None and carried.offload != offload:
         logger.info("experts timed here: offload %s, where %s's ran with %s", offload, carried.trial, carried.offload)
-        return None
-    if not (Path(carried.dir) / CHECK_FILE).exists():
+        carried = None
+    if carried is not None and not (Path(carried.dir) / CHECK_FILE).exists():
         logger.info("experts timed here: %s has no check outputs of them", carried.trial)
-        return None
+        carried = None
+    if config.steps_carried is not None and parallel.ranks_disagree(carried is not None, device):
+        logger.info("experts timed here: another rank times its own")
+        carried = None
     return carried
 
 
@@ -210,7 +212,7 @@ def run(config: TrialConfig) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     positive, negative, _ = encode(pipe, config, device)
-    carried = _carried_steps(config, setup["offload"]) if config.measurement.mode == "probe" else None
+    carried = _carried_steps(config, setup["offload"], device) if config.measurement.mode == "probe" else None
     if carried is None:
         check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
     else:  # the best's experts, unchanged: their outputs as computed there

@@ -164,3 +164,26 @@ def test_the_official_codes_own_sequence_parallelism_makes_its_single_process_cl
     assert max(split["result"]["fidelity"]["relative_error"].values()) < 1e-5
     frames = [np.load(tmp_path / name / "frames.npy").astype(int) for name in ("single", "sp")]
     assert frames[0].shape == frames[1].shape and np.abs(frames[0] - frames[1]).max() <= 1
+
+
+def _vote(rank: int, port: int, flags: tuple[bool, bool], out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from agent.runtime import parallel
+
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    Path(out, str(rank)).write_text(str(parallel.ranks_disagree(flags[rank], torch.device("cpu"))))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("flags", [(True, True), (False, False), (True, False)])
+def test_ranks_learn_whether_one_decided_otherwise(tmp_path, flags):
+    # A rank that carried the experts' steps while another timed them would wait in their collectives (worker.py).
+    import torch.multiprocessing as mp
+
+    from tests.conftest import free_port
+
+    mp.spawn(_vote, args=(free_port(), flags, str(tmp_path)), nprocs=2)
+    answers = {(tmp_path / str(rank)).read_text() for rank in (0, 1)}
+    assert answers == {str(flags[0] != flags[1])}

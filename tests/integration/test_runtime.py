@@ -205,16 +205,20 @@ def test_the_probe_runs_warm_experts_without_a_warm_up_and_carried_ones_not_at_a
     assert all(len(s) == count for s in warmed["step_samples_s"].values()) and warmed["offload"] == "none"
     cold = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)  # one untimed step first
     assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
-    # Another trial's experts, unchanged: its timed steps (fewer than this trial's count: reused in turn), no forward.
-    steps = {"transformer": [0.5, 0.7], "transformer_2": [0.25, 0.35]}
+    assert len(cold["step_samples_s"]["transformer"]) == count
+    # Another trial's experts, unchanged: the median of its timed steps stands for each step here, and no forward runs.
+    steps = {"transformer": [0.5, 0.9, 0.7], "transformer_2": [0.25, 0.35]}
     carried = CarriedSteps(
-        trial="03-best", dir=str(tmp_path), offload="none", step_samples_s=steps, first_step_s={"transformer": 2.0}
+        trial="03-best",
+        dir=str(tmp_path),
+        offload="none",
+        step_samples_s=steps,
+        first_step_s={"transformer": 2.0, "transformer_2": 1.0},
     )
     report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, carried=carried)
     assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
-    assert report["steps_from"] == "03-best" and report["step_samples_s"]["transformer"] == [0.5, 0.7, 0.5][:count]
-    assert report["step_s"] == {"transformer": 0.5, "transformer_2": 0.25}
+    assert report["steps_from"] == "03-best" and report["step_s"] == {"transformer": 0.7, "transformer_2": 0.3}
+    assert report["step_samples_s"] == {"transformer": [0.7] * count, "transformer_2": [0.3] * count}
     for i, clip in enumerate(report["clip_samples_s"]):
-        expected = sum(report["steps"][n] * steps[n][i % 2] for n in steps)
+        expected = report["steps"]["transformer"] * 0.7 + report["steps"]["transformer_2"] * 0.3
         assert clip == pytest.approx(report["text_encode_samples_s"][i] + expected + report["vae_decode_samples_s"][i])
-    assert cold["first_step_s"]["transformer"] > 0

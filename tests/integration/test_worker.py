@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ def model() -> sources.ModelFiles:
     return sources.resolve("synthetic:tiny", Path(os.environ["WAN_AGENT_CACHE"]))
 
 
+WORKLOAD = Workload(prompt="A cat walking on the grass", height=48, width=64, frames=9, seed=7)
+
+
 def config(model, out: Path, **knobs) -> TrialConfig:
     lightning = knobs.get("lightning", False)
     return TrialConfig(
@@ -27,7 +31,7 @@ def config(model, out: Path, **knobs) -> TrialConfig:
         model_path=str(model.path),
         output_dir=str(out),
         lora=LoraFiles(**model.lora) if lightning else None,
-        workload=Workload(prompt="A cat walking on the grass", height=48, width=64, frames=9, seed=7),
+        workload=WORKLOAD,
         knobs=Knobs(**{"steps": 4} | knobs),
         measurement=Measurement(warmup=1, repeats=2, cpu_threads=1),  # as the tiny playbook's trials: steady under load
     )
@@ -220,10 +224,33 @@ def test_a_decode_rung_carries_the_best_experts_steps_and_outputs(model, tmp_pat
     assert code == 0, log
     assert "probe transformer step" not in log and "the same experts as 01-fp8's" in log
     assert result["probe"]["steps_from"] == "01-fp8" and result["summary"]["steps_from"] == "01-fp8"
-    assert result["probe"]["step_samples_s"] == runs["01-fp8"]["probe"]["step_samples_s"]
+    assert result["probe"]["step_s"] == {n: statistics.median(s) for n, s in runs["01-fp8"]["probe"]["step_samples_s"].items()}
     errors = result["fidelity"]["relative_error"]
     assert errors == runs["01-fp8"]["fidelity"]["relative_error"] and min(errors.values()) > 0
     noise = runs["00-baseline"]["fidelity"]["noise"]
     decision = {"noise_multiple": 3.0, "max_relative_error": 0.1, "min_psnr_dB": 30.0}
     gate = gates.check(result["fidelity"], noise, tiled.knobs.model_dump(), base.knobs.model_dump(), decision)
     assert gate["passed"], gate
+    # Experts placed otherwise than the best's (here: a best said to have offloaded them): timed here, not carried.
+    elsewhere = tiled.model_copy(
+        update={
+            "name": "03-elsewhere",
+            "output_dir": str(tmp_path / "03-elsewhere"),
+            "steps_carried": carried.model_copy(update={"offload": "model"}),
+        }
+    )
+    code, result, log = work(elsewhere)
+    assert code == 0, log
+    assert "experts timed here: offload none, where 01-fp8's ran with model" in log and "probe transformer step" in log
+    assert "steps_from" not in result["probe"]
+
+
+def test_what_a_trial_does_not_carry():
+    best = {"name": "05-fp8", "dir": "/nowhere", "knobs": Knobs().model_dump(), "workload": WORKLOAD.model_dump()}
+    probe = Measurement(mode="probe")
+    tiled = Knobs(vae_tiling=True)
+    # Nothing readable behind the best: nothing is assumed. A reference trial, or a whole clip, times its own.
+    assert carry.carried_steps(best, tiled, probe, WORKLOAD, judged=True) is None
+    assert carry.carried_steps(best, tiled, probe, WORKLOAD, judged=False) is None
+    assert carry.carried_steps(best, tiled, Measurement(mode="full"), WORKLOAD, judged=True) is None
+    assert carry.carried_decode(best, Knobs(compile="regional"), Measurement(mode="full"), WORKLOAD) is None
