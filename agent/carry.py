@@ -69,6 +69,5 @@ def carried_steps(
         dir=best["dir"],
         offload=report["offload"],
         step_samples_s=report["step_samples_s"],
-        first_step_s=report["first_step_s"],
         swap_s=report.get("swap_s"),
     )

@@ -105,7 +105,7 @@ def probe(
     report: dict = {"steps": {name: len(ts) for name, ts in split.items()}, "offload": offload}
     if carried is not None:
         log(f"  probe: the same experts as {carried.trial}'s, whose timed steps stand for this trial's")
-        report |= {"steps_from": carried.trial, "first_step_s": carried.first_step_s}
+        report["steps_from"] = carried.trial
         report["step_s"] = {n: statistics.median(s) for n, s in carried.step_samples_s.items()}
         report["step_samples_s"] = {n: [s] * count for n, s in report["step_s"].items()}
         if carried.swap_s is not None:

@@ -184,8 +184,9 @@ def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, 
         "repeats": len(clips),
         "predicted": True,
         "prediction_error": probe.prediction_error(clips, config.measurement.probe_tolerance),
-        "first_call_overhead_s": sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"]),
     }
+    if "first_step_s" in report:  # not where the experts are carried: their first calls were another trial's
+        summary["first_call_overhead_s"] = sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"])
     for key in ("vae_decode_from", "steps_from"):
         if key in report:
             summary[key] = report[key]

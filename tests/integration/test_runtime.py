@@ -213,11 +213,11 @@ def test_the_probe_runs_warm_experts_without_a_warm_up_and_carried_ones_not_at_a
         dir=str(tmp_path),
         offload="none",
         step_samples_s=steps,
-        first_step_s={"transformer": 2.0, "transformer_2": 1.0},
     )
     report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, carried=carried)
     assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
     assert report["steps_from"] == "03-best" and report["step_s"] == {"transformer": 0.7, "transformer_2": 0.3}
+    assert "first_step_s" not in report  # their first calls were the other trial's
     assert report["step_samples_s"] == {"transformer": [0.7] * count, "transformer_2": [0.3] * count}
     for i, clip in enumerate(report["clip_samples_s"]):
         expected = report["steps"]["transformer"] * 0.7 + report["steps"]["transformer_2"] * 0.3

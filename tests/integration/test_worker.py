@@ -224,6 +224,7 @@ def test_a_decode_rung_carries_the_best_experts_steps_and_outputs(model, tmp_pat
     assert code == 0, log
     assert "probe transformer step" not in log and "the same experts as 01-fp8's" in log
     assert result["probe"]["steps_from"] == "01-fp8" and result["summary"]["steps_from"] == "01-fp8"
+    assert "first_call_overhead_s" not in result["summary"] and "first_call_overhead_s" in runs["01-fp8"]["summary"]
     assert result["probe"]["step_s"] == {n: statistics.median(s) for n, s in runs["01-fp8"]["probe"]["step_samples_s"].items()}
     errors = result["fidelity"]["relative_error"]
     assert errors == runs["01-fp8"]["fidelity"]["relative_error"] and min(errors.values()) > 0
