@@ -3,7 +3,9 @@
 Probe mode times a few transformer forwards of each expert (CFG included) on the trial's real shapes
 instead of a whole clip, and predicts the clip's denoising time from how many steps each expert
 takes. The check output is each expert's output on one fixed, seeded input: a same-function rung (FP8,
-compile, attention) must reproduce the baseline's within a tolerance.
+compile, attention) must reproduce the baseline's within a tolerance. Where the experts stay on the GPU, the probe's
+timed steps run at the check timesteps on the check input and give the check outputs too (``checked_steps``): on an
+H100 that took 4 expert forwards out of a Lightning trial (benchmarks/results/h100-2026-11-27d).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from agent import stats
 from agent.runtime.config import CarriedSteps, TrialConfig
 from agent.runtime.generate import boundary_timestep, decode, encode, expert_for
 from agent.runtime.pipeline import experts
+
+CHECK_SEED = 1234  # the check outputs' input latents
 
 
 def _latents(pipe, config: TrialConfig, device: torch.device, seed: int) -> torch.Tensor:
@@ -61,10 +65,11 @@ def timer(device: torch.device):
     return lambda: time.perf_counter() - t0
 
 
-def _step(model, latents, timestep, positive, negative, guidance: float, per_token: bool) -> torch.Tensor:
+def _step(model, latents, timestep, positive, negative, guidance: float, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One denoising step's transformer work: the conditional forward, and the unconditional one under CFG. With
     ``per_token`` (the 5B's ``expand_timesteps``) the timestep goes in once per latent token, as the pipeline passes
-    it (text-to-video: the same value everywhere), so the model computes a modulation per token, as in a clip."""
+    it (text-to-video: the same value everywhere), so the model computes a modulation per token, as in a clip.
+    Returns the guided output and the conditional one (a check output)."""
     if per_token:
         _, p_h, p_w = model.config.patch_size
         tokens = latents.shape[2] * (latents.shape[3] // p_h) * (latents.shape[4] // p_w)
@@ -74,8 +79,8 @@ def _step(model, latents, timestep, positive, negative, guidance: float, per_tok
     out = model(hidden_states=latents, timestep=t, encoder_hidden_states=positive, return_dict=False)[0]
     if guidance > 1.0:
         uncond = model(hidden_states=latents, timestep=t, encoder_hidden_states=negative, return_dict=False)[0]
-        out = uncond + guidance * (out - uncond)
-    return out
+        return uncond + guidance * (out - uncond), out
+    return out, out
 
 
 def probe(
@@ -86,15 +91,13 @@ def probe(
     negative,
     log,
     offload: str = "none",
-    warmed: bool = False,
+    timed: dict | None = None,
     carried: CarriedSteps | None = None,
 ) -> dict:
     """Warm up, then time ``probe_steps`` steps of each expert, text encodes and VAE decodes (all warm); predict
     the clip from each set of them: sample i is text_i + Σ_expert steps·step_i + decode_i (+ the expert swaps of a
     clip, when ``offload`` is model: one step of each expert again, right after the other's, less its warm step).
-    ``warmed``: each expert has already run at these shapes in this mode (the check outputs), which stands for the
-    first warm-up step: on an H100 the step after them was within 0.6 % of the median of the next three in every trial
-    of benchmarks/results/h100-2026-11-27b/agent-run-bare (09-compiled-vae's, after the decoder's compile, included).
+    ``timed``: the experts' steps were already timed, with the check outputs (``checked_steps``).
     ``carried``: the experts are another trial's, unchanged: the median of its timed steps stands for each of theirs
     (agent/carry.py), as the median of a carried decoder's decodes does; a constant, so that neither a repeated sample
     nor the count of another trial enters this trial's spread."""
@@ -110,11 +113,10 @@ def probe(
         report["step_samples_s"] = {n: [s] * count for n, s in report["step_s"].items()}
         if carried.swap_s is not None:
             report["swap_s"] = carried.swap_s
+    elif timed is not None:
+        report |= timed
     else:
-        # At least one untimed step where nothing ran the experts yet: first calls compile, autotune, allocate.
-        report |= _expert_steps(
-            pipe, config, device, positive, negative, log, offload, latents, split, max(measure.warmup, 1) - warmed
-        )
+        report |= _expert_steps(pipe, config, device, positive, negative, log, offload, latents)[1]
     report["predicted_denoise_s"] = sum(report["steps"][n] * s for n, s in report["step_s"].items())
     report["predicted_denoise_s"] += sum(report.get("swap_s", {}).values())
     # The text encoder was already called once (cold: 0.2-0.4 s against 0.05 s warm on an H100); time it warm.
@@ -138,37 +140,65 @@ def probe(
     return report
 
 
-def _expert_steps(pipe, config: TrialConfig, device, positive, negative, log, offload, latents, split, warmup: int) -> dict:
-    """``warmup`` untimed, then ``probe_steps`` timed steps of each expert (and, offloaded per model, the swaps)."""
-    knobs, count = config.knobs, config.measurement.probe_steps
+def checked_steps(pipe, config: TrialConfig, device: torch.device, positive, negative, log) -> tuple[dict[str, np.ndarray], dict]:
+    """The check outputs and the probe's timed expert steps from the same forwards, for experts that stay on the GPU
+    between steps (no offload): a step's time does not depend on its timestep or its latents' values, so each timed
+    step runs at one of the expert's check timesteps on the check input, and its conditional forward is the check
+    output there (``check_outputs``'s, computed once instead of twice). Returns the check outputs and the experts'
+    part of the probe's report."""
+    latents = _latents(pipe, config, device, seed=CHECK_SEED)
+    outputs, report = _expert_steps(pipe, config, device, positive, negative, log, "none", latents, check_timesteps(pipe))
+    return outputs, report
+
+
+def _expert_steps(
+    pipe, config: TrialConfig, device, positive, negative, log, offload, latents, checks: dict[str, list[float]] | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """At least one untimed step of each expert (first calls compile, autotune, allocate), then ``probe_steps`` timed
+    ones (and, offloaded per model, the swaps). With ``checks`` (each expert's check timesteps), the timed steps run
+    at them in turn and their conditional outputs are returned as the check outputs (those of an expert the clip does
+    not run too, untimed); the scheduler's update is the clip's own first step of the expert, as in the pipeline."""
+    knobs, measure = config.knobs, config.measurement
+    split = expert_steps(pipe, knobs.steps)
+    warmup, count = max(measure.warmup, 1), measure.probe_steps
     guidance = {"transformer": knobs.guidance_scale, "transformer_2": knobs.guidance_scale_2}
     per_token = bool(pipe.config.expand_timesteps)
     state = latents.float()  # the pipeline keeps its latents in float32 between steps
     report: dict = {"step_s": {}, "first_step_s": {}, "step_samples_s": {}}
+    outputs: dict[str, np.ndarray] = {}
 
-    def step(name: str, model) -> float:
+    def step(name: str, model, at: float | None = None) -> float:
         t = split[name][0]
         scheduler = _scheduler_at(pipe, knobs.steps, t)
         stop = timer(device)
         # As the pipeline's loop does: float32 latents cast for the model, the scheduler's update after it.
-        out = _step(model, state.to(model.dtype), t, positive, negative, guidance[name], per_token)
+        out, cond = _step(model, state.to(model.dtype), t if at is None else at, positive, negative, guidance[name], per_token)
         scheduler.step(out, t, state, return_dict=False)
-        return stop()
+        seconds = stop()
+        if at is not None:
+            outputs.setdefault(f"{name}@{at:g}", cond.float().cpu().numpy())
+        return seconds
 
-    named = [(n, m) for n, m in zip(("transformer", "transformer_2"), experts(pipe), strict=False) if split[n]]
+    named = list(zip(("transformer", "transformer_2"), experts(pipe), strict=False))
     with torch.inference_mode():
         for name, model in named:
-            times = []
-            for i in range(warmup + count):
-                times.append(step(name, model))
-                log(f"  probe {name} step {i + 1}/{warmup + count} {times[-1]:.3f} s")
+            at = (checks or {}).get(name, [])
+            if not split[name]:  # the check outputs of an expert no step of the clip runs: not timed
+                for t in at:
+                    outputs[f"{name}@{t:g}"] = _step(model, latents, t, positive, None, 1.0, per_token)[1].float().cpu().numpy()
+                continue
+            times = [step(name, model) for _ in range(warmup)]
+            times += [step(name, model, at[i % len(at)] if at else None) for i in range(max(count, len(at)))]
+            for i, seconds in enumerate(times):
+                log(f"  probe {name} step {i + 1}/{len(times)} {seconds:.3f} s")
             report["first_step_s"][name] = times[0]
-            report["step_samples_s"][name] = times[warmup:]
-            report["step_s"][name] = statistics.median(times[warmup:])
+            report["step_samples_s"][name] = times[warmup : warmup + count]
+            report["step_s"][name] = statistics.median(report["step_samples_s"][name])
+        named = [(n, m) for n, m in named if split[n]]
         if offload == "model" and len(named) == 2:
             report["swap_s"] = {name: max(step(name, model) - report["step_s"][name], 0.0) for name, model in named}
             log(f"  probe expert swaps {sum(report['swap_s'].values()):.3f} s a clip")
-    return report
+    return outputs, report
 
 
 def prediction_error(clip_samples: list[float], tolerance: float) -> float:
@@ -220,13 +250,13 @@ def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> 
     """Each expert's output on one fixed input (seeded latents, the prompt) at three timesteps in its range, keyed
     ``expert@timestep``, and the seconds its first call took (compile and autotuning land there). Same-function
     rungs are compared on these against the reference trial's."""
-    latents = _latents(pipe, config, device, seed=1234)
+    latents = _latents(pipe, config, device, seed=CHECK_SEED)
     outputs, first_s = {}, 0.0
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             for i, t in enumerate(check_timesteps(pipe)[name]):
                 t0 = time.perf_counter()
-                out = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps)
+                out = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps)[1]
                 outputs[f"{name}@{t:g}"] = out.float().cpu().numpy()
                 first_s += time.perf_counter() - t0 if i == 0 else 0.0
     return outputs, first_s
@@ -241,12 +271,12 @@ def numerical_noise(pipe, config: TrialConfig, device: torch.device, positive, c
     from agent.runtime.pipeline import DTYPES
 
     half_ulp = torch.finfo(DTYPES[config.knobs.precision]).eps / 2
-    latents = _perturbed(_latents(pipe, config, device, seed=1234), half_ulp)
+    latents = _perturbed(_latents(pipe, config, device, seed=CHECK_SEED), half_ulp)
     noise: dict = {"perturbation": half_ulp}
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             t = check_timesteps(pipe)[name][1]
-            moved = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps).float().cpu().numpy()
+            moved = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps)[1].float().cpu().numpy()
             noise[name] = relative_error(moved, check[f"{name}@{t:g}"])
     frame = check_decode(pipe, config, device, perturb=half_ulp)
     noise["vae_frame_psnr_dB"] = fidelity(frame / 255.0, check["vae_frame"] / 255.0)["psnr_dB"]

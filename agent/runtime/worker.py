@@ -164,14 +164,13 @@ def _carried_checks(carried: CarriedSteps) -> dict[str, np.ndarray]:
         return {name: theirs[name] for name in theirs.files if name != VAE_CHECK}
 
 
-def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, carried: CarriedSteps | None) -> dict:
-    """Per-expert forwards only; the clip's time is predicted from them, with the error the prediction may have."""
+def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, steps: dict) -> dict:
+    """Per-expert forwards only; the clip's time is predicted from them, with the error the prediction may have.
+    ``steps``: the experts' steps already timed with the check outputs, or carried from another trial, if either."""
     from agent.runtime import probe
 
-    # The check outputs ran each expert at these shapes, unless they are carried; offloaded per model, the probe's
-    # first step would also swap its expert in, so it stays a warm-up.
-    warmed = carried is None and offload == "none"
-    report = probe.probe(pipe, config, device, positive, negative, logger.info, offload, warmed=warmed, carried=carried)
+    timed, carried = steps.get("timed"), steps.get("carried")
+    report = probe.probe(pipe, config, device, positive, negative, logger.info, offload, timed=timed, carried=carried)
     clips = report["clip_samples_s"]
     summary = {
         "generate_s": statistics.median(clips),
@@ -214,10 +213,14 @@ def run(config: TrialConfig) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     positive, negative, _ = encode(pipe, config, device)
     carried = _carried_steps(config, setup["offload"], device) if config.measurement.mode == "probe" else None
-    if carried is None:
+    steps: dict = {}
+    if carried is not None:  # the best's experts, unchanged: their outputs and steps as computed there
+        check, steps["carried"] = _carried_checks(carried), carried
+    elif config.measurement.mode == "probe" and setup["offload"] == "none":  # the timed steps compute the checks
+        check, steps["timed"] = probe.checked_steps(pipe, config, device, positive, negative, logger.info)
+        stages["first_forwards_s"] = sum(steps["timed"]["first_step_s"].values())
+    else:
         check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
-    else:  # the best's experts, unchanged: their outputs as computed there
-        check = _carried_checks(carried)
     if config.knobs.vae_decode == "compiled":  # compiling the decoder stays out of the timed clips and decodes
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))
@@ -228,7 +231,7 @@ def run(config: TrialConfig) -> dict:
         np.savez(check_file, **check)  # type: ignore[arg-type]
     check_finite = all(bool(np.isfinite(v).all()) for v in check.values())
     if config.measurement.mode == "probe":
-        measured = _probe(pipe, config, device, positive, negative, setup["offload"], carried)
+        measured = _probe(pipe, config, device, positive, negative, setup["offload"], steps)
         reasons = [] if check_finite else ["non-finite transformer output"]
         measured["quality"] = {"passed": check_finite, "reasons": reasons, "finite": check_finite, "note": "probe mode: no clip"}
     else:
@@ -295,4 +298,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    # result.json is written and renamed, the log flushed: nothing is left to do but the interpreter's teardown (tens
+    # of GB of tensors freed one by one, Inductor's compile workers stopped), seconds between trials on a GPU.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -193,18 +193,25 @@ def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
-def test_the_probe_runs_warm_experts_without_a_warm_up_and_carried_ones_not_at_all(model, tmp_path, one_thread):
+def test_the_probe_times_the_check_outputs_steps_and_runs_carried_experts_not_at_all(model, tmp_path, one_thread):
     cfg = config(model, tmp_path, precision="bf16", steps=6, guidance_scale=4.0, guidance_scale_2=1.0)
     pipe, _, _ = pipeline.build(cfg, CPU)
     positive, negative, _ = encode(pipe, cfg, CPU)
-    high, low = count_forwards(pipe.transformer), count_forwards(pipe.transformer_2)
     count = cfg.measurement.probe_steps
-    # After the check outputs ran each expert at these shapes, only the timed steps run (CFG: two forwards a step).
-    warmed = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, warmed=True)
-    assert (high[0], low[0]) == (2 * count, count)
-    assert all(len(s) == count for s in warmed["step_samples_s"].values()) and warmed["offload"] == "none"
-    cold = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)  # one untimed step first
-    assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
+    separate, _ = probe.check_outputs(pipe, cfg, CPU, positive)
+    high, low = count_forwards(pipe.transformer), count_forwards(pipe.transformer_2)
+    # One untimed step of each expert, then the timed ones at its check timesteps (CFG: two forwards a step), whose
+    # conditional forwards are the check outputs: the same as computed on their own.
+    checks, timed = probe.checked_steps(pipe, cfg, CPU, positive, negative, lambda _: None)
+    assert (high[0], low[0]) == (2 * (1 + count), 1 + count)
+    assert checks.keys() == separate.keys()
+    assert all(np.array_equal(checks[k], separate[k]) for k in separate)
+    assert all(len(s) == count for s in timed["step_samples_s"].values())
+    warm = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, timed=timed)
+    assert (high[0], low[0]) == (2 * (1 + count), 1 + count)  # no expert forward more
+    assert warm["step_s"] == timed["step_s"] and warm["offload"] == "none"
+    cold = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)  # not timed before: one untimed step first
+    assert (high[0], low[0]) == (2 * (1 + count) * 2, (1 + count) * 2)
     assert len(cold["step_samples_s"]["transformer"]) == count
     # Another trial's experts, unchanged: the median of its timed steps stands for each step here, and no forward runs.
     steps = {"transformer": [0.5, 0.9, 0.7], "transformer_2": [0.25, 0.35]}
@@ -215,7 +222,7 @@ def test_the_probe_runs_warm_experts_without_a_warm_up_and_carried_ones_not_at_a
         step_samples_s=steps,
     )
     report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, carried=carried)
-    assert (high[0], low[0]) == (2 * count + 2 * (count + 1), count + count + 1)
+    assert (high[0], low[0]) == (2 * (1 + count) * 2, (1 + count) * 2)
     assert report["steps_from"] == "03-best" and report["step_s"] == {"transformer": 0.7, "transformer_2": 0.3}
     assert "first_step_s" not in report  # their first calls were the other trial's
     assert report["step_samples_s"] == {"transformer": [0.7] * count, "transformer_2": [0.3] * count}
