@@ -11,7 +11,6 @@ import time
 
 import torch
 
-from agent.quality import relative_error
 from agent.runtime import kernels
 
 # Relative L2 error against SDPA. bf16 kernels land near 3e-3 at Wan's shape; INT8-QK kernels
@@ -84,8 +83,11 @@ def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, devic
         kernels.set_fp8_attention(fp8)
     if fp8:
         report["fp8"] = "e4m3 q/k/v, one scale per head"
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
+    # Made and compared where they compute: at Wan's shape q, k and v are 157 M values each, drawn and compared in
+    # float64 on the host before, and the trials that probed a backend took 5-6.5 s longer from their first line to a
+    # built pipeline than those that did not (benchmarks/results/h100-2026-11-27d/agent-run-bare).
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=gen, device=device, dtype=dtype) for _ in range(3))
     reference = dispatch_attention_fn(q, k, v, backend=AttentionBackendName.NATIVE)
     try:
         with attention_backend(name):
@@ -99,8 +101,15 @@ def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, devic
             ms = (time.perf_counter() - t0) * 1000
     except Exception as err:  # missing package, unsupported GPU or dtype, shape constraint: all mean "skip"
         return report | {"usable": False, "reason": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
-    error = relative_error(out.float().cpu().numpy(), reference.float().cpu().numpy())
+    error = _relative_error(out, reference)
     report |= {"relative_error": error, "ms": ms}
     if not error <= tolerance:  # also catches NaN
         return report | {"usable": False, "reason": f"disagrees with SDPA: relative error {error:.2e} > {tolerance:.0e}"}
     return report | {"usable": True, "reason": f"agrees with SDPA (relative error {error:.2e})"}
+
+
+def _relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """agent.quality.relative_error on the device: the norms accumulate in float32 without a copy of either tensor."""
+    difference = output.float() - reference.float() if output.device.type == "cpu" else output - reference
+    norm = torch.linalg.vector_norm
+    return float(norm(difference, dtype=torch.float32) / norm(reference, dtype=torch.float32))
