@@ -155,9 +155,10 @@ def _expert_steps(
     pipe, config: TrialConfig, device, positive, negative, log, offload, latents, checks: dict[str, list[float]] | None = None
 ) -> tuple[dict[str, np.ndarray], dict]:
     """At least one untimed step of each expert (first calls compile, autotune, allocate), then ``probe_steps`` timed
-    ones (and, offloaded per model, the swaps). With ``checks`` (each expert's check timesteps), the timed steps run
-    at them in turn and their conditional outputs are returned as the check outputs (those of an expert the clip does
-    not run too, untimed); the scheduler's update is the clip's own first step of the expert, as in the pipeline."""
+    ones (and, offloaded per model, the swaps). With ``checks`` (each expert's check timesteps), max(probe_steps, the
+    check timesteps) steps are timed at them in turn (the first ``probe_steps`` are the samples) and their conditional
+    outputs are returned as the check outputs (those of an expert the clip does not run too, untimed); the scheduler's
+    update is the clip's own first step of the expert, as in the pipeline."""
     knobs, measure = config.knobs, config.measurement
     split = expert_steps(pipe, knobs.steps)
     warmup, count = max(measure.warmup, 1), measure.probe_steps
@@ -190,7 +191,8 @@ def _expert_steps(
             times = [step(name, model) for _ in range(warmup)]
             times += [step(name, model, at[i % len(at)] if at else None) for i in range(max(count, len(at)))]
             for i, seconds in enumerate(times):
-                log(f"  probe {name} step {i + 1}/{len(times)} {seconds:.3f} s")
+                role = "untimed" if i < warmup else "timed" if i < warmup + count else "for its check output"
+                log(f"  probe {name} step {i + 1}/{len(times)} {seconds:.3f} s ({role})")
             report["first_step_s"][name] = times[0]
             report["step_samples_s"][name] = times[warmup : warmup + count]
             report["step_s"][name] = statistics.median(report["step_samples_s"][name])

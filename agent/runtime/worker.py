@@ -9,6 +9,7 @@ failed (the reason is in result.json), 2 the trial.json itself is invalid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -30,6 +31,7 @@ logger = logging.getLogger("agent.worker")
 RESULT_FILE = "result.json"
 CHECK_FILE = "check_output.npz"  # each expert's output on a fixed input (same-function check)
 VAE_CHECK = "vae_frame"  # in CHECK_FILE beside the experts': one fixed latent frame, decoded
+HOSTED: dict | None = None  # set by agent.runtime.host for the trial it runs: its pid, how many trials it ran before
 
 
 def nvml_id(device) -> str | int:
@@ -44,10 +46,11 @@ def _peak_memory(device) -> dict[str, float]:
 
     peak = {"peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     status = Path("/proc/self/status")
-    if status.exists():  # the peak address space, which host_memory_GiB caps
-        vm_peak_kB = next((int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmPeak:")), None)
-        if vm_peak_kB is not None:
-            peak["peak_vm_GiB"] = vm_peak_kB / 2**20
+    if status.exists():  # the peak resident set since the trial began (a trial host resets it), the peak address space
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        for key, name in (("VmHWM", "peak_rss_GiB"), ("VmPeak", "peak_vm_GiB"))[: 1 if HOSTED else 2]:  # a host's is its own
+            if key in fields:
+                peak[name] = int(fields[key].split()[0]) / 2**20
     if device.type == "cuda":
         peak["peak_gpu_allocated_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
         peak["peak_gpu_reserved_GiB"] = torch.cuda.max_memory_reserved(device) / 2**30
@@ -158,6 +161,13 @@ def _carried_steps(config: TrialConfig, offload: str, device) -> CarriedSteps | 
     return carried
 
 
+def _on_every_rank(flag: bool, device) -> bool:
+    """``flag`` where every rank of a torchrun trial holds it (ranks that chose another path would wait for each other
+    in different collectives); called by every rank alike."""
+    disagree = parallel.ranks_disagree(flag, device)
+    return flag and not disagree
+
+
 def _carried_checks(carried: CarriedSteps) -> dict[str, np.ndarray]:
     """The experts' check outputs as the trial they are carried from computed them (the decoded frame is this trial's)."""
     with checks(Path(carried.dir)) as theirs:
@@ -184,7 +194,9 @@ def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, 
         "predicted": True,
         "prediction_error": probe.prediction_error(clips, config.measurement.probe_tolerance),
     }
-    if "first_step_s" in report:  # not where the experts are carried: their first calls were another trial's
+    # Only where the probe warmed the experts up itself: carried, their first calls were another trial's; timed with the
+    # checks, their first steps are the trial's first forwards (stages), not counted twice.
+    if "first_step_s" in report and not steps:
         summary["first_call_overhead_s"] = sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"])
     for key in ("vae_decode_from", "steps_from"):
         if key in report:
@@ -216,7 +228,8 @@ def run(config: TrialConfig) -> dict:
     steps: dict = {}
     if carried is not None:  # the best's experts, unchanged: their outputs and steps as computed there
         check, steps["carried"] = _carried_checks(carried), carried
-    elif config.measurement.mode == "probe" and setup["offload"] == "none":  # the timed steps compute the checks
+    elif config.measurement.mode == "probe" and _on_every_rank(setup["offload"] == "none", device):
+        # the timed steps compute the checks; their untimed first steps are the first forwards
         check, steps["timed"] = probe.checked_steps(pipe, config, device, positive, negative, logger.info)
         stages["first_forwards_s"] = sum(steps["timed"]["first_step_s"].values())
     else:
@@ -245,7 +258,7 @@ def run(config: TrialConfig) -> dict:
         "python": sys.executable,  # the agent's environment's, or the runtime's own (agent/provision/runtimes.py)
         "environment": sorted(os.environ),  # names only: what reached the trial (never a secret's value)
         "stages": stages,
-        "setup": setup | {"cpu_threads": torch.get_num_threads()},
+        "setup": setup | {"cpu_threads": torch.get_num_threads()} | ({"host": HOSTED} if HOSTED else {}),
         **measured,
         "fidelity": _fidelity(config, out) | ({"noise": noise} if noise else {}),
         "memory": _peak_memory(device) | {"build_" + k: v for k, v in build_memory.items()},
@@ -254,20 +267,43 @@ def run(config: TrialConfig) -> dict:
     }
 
 
+def end_now(code: int) -> None:
+    """Exit with ``code`` once the logs and stdio buffers (Python's and C's) are flushed, without the teardown."""
+    import ctypes
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more can reach it anyway
+            stream.flush()
+    ctypes.CDLL(None).fflush(None)
+    os._exit(code)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     if len(argv) != 2:
         print("usage: python -m agent.runtime.worker PATH/trial.json", file=sys.stderr)
         return 2
-    trial_file = Path(argv[1])
-    try:
-        config = TrialConfig.model_validate_json(trial_file.read_text())
-    except (OSError, ValueError) as err:
-        print(f"invalid trial file {trial_file}: {err}", file=sys.stderr)
+    config = load(Path(argv[1]))
+    if config is None:
         return 2
     if config.host_memory_GiB is not None:
         cap = int(config.host_memory_GiB * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return run_trial(config)
+
+
+def load(trial_file: Path) -> TrialConfig | None:
+    """The trial's configuration, or None (said on stderr) where the file is unreadable or invalid."""
+    try:
+        return TrialConfig.model_validate_json(trial_file.read_text())
+    except (OSError, ValueError) as err:
+        print(f"invalid trial file {trial_file}: {err}", file=sys.stderr)
+        return None
+
+
+def run_trial(config: TrialConfig) -> int:
+    """Run the trial and write its result.json: 0 done, 1 failed (why is in result.json)."""
     rank, result_path = None, Path(config.output_dir) / RESULT_FILE
     try:
         rank, config = parallel.join(config)  # under torchrun: a rank other than 0 writes under ranks/N
@@ -299,9 +335,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     code = main(sys.argv)
-    # result.json is written and renamed, the log flushed: nothing is left to do but the interpreter's teardown (tens
-    # of GB of tensors freed one by one, Inductor's compile workers stopped), seconds between trials on a GPU.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # What the trial had to write is written (result.json, or the reason on stderr): the logs and the C libraries'
+    # buffers flushed, nothing is left but the interpreter's teardown (tens of GB of tensors freed one by one,
+    # Inductor's compile workers stopped), seconds between trials on a GPU.
+    end_now(code)

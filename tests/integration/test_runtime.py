@@ -193,6 +193,23 @@ def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
+def test_checked_steps_cycle_the_check_timesteps_and_check_an_expert_the_clip_does_not_run(model, tmp_path, one_thread):
+    # Five timed steps over three check timesteps; one step only, which the high-noise expert takes: the low-noise
+    # expert's check outputs are still computed (the gate compares them), untimed.
+    cfg = config(model, tmp_path, precision="bf16", steps=1).model_copy(
+        update={"measurement": Measurement(warmup=1, repeats=1, probe_steps=5)}
+    )
+    pipe, _, _ = pipeline.build(cfg, CPU)
+    positive, negative, _ = encode(pipe, cfg, CPU)
+    assert probe.expert_steps(pipe, 1) == {"transformer": [999.0], "transformer_2": []}
+    high, low = count_forwards(pipe.transformer), count_forwards(pipe.transformer_2)
+    checks, timed = probe.checked_steps(pipe, cfg, CPU, positive, negative, lambda _: None)
+    separate, _ = probe.check_outputs(pipe, cfg, CPU, positive)
+    assert (high[0], low[0]) == (2 * (1 + 5) + 3, 3 + 3)  # CFG: warm-up, 5 timed; then check_outputs' own 3 of each
+    assert checks.keys() == separate.keys() and all(np.array_equal(checks[k], separate[k]) for k in separate)
+    assert list(timed["step_samples_s"]) == ["transformer"] and len(timed["step_samples_s"]["transformer"]) == 5
+
+
 def test_the_probe_times_the_check_outputs_steps_and_runs_carried_experts_not_at_all(model, tmp_path, one_thread):
     cfg = config(model, tmp_path, precision="bf16", steps=6, guidance_scale=4.0, guidance_scale_2=1.0)
     pipe, _, _ = pipeline.build(cfg, CPU)
