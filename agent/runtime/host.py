@@ -1,0 +1,175 @@
+"""The trial host: one process that runs a run's single-process trials one after another.
+
+Each trial in a process of its own pays again for what every trial does the same way: importing torch, diffusers and
+torchao, starting CUDA and Inductor's compile workers, and the interpreter's teardown (on an H100 machine a trial took
+~20 s from its session's start to its first forward, benchmarks/results/h100-2026-11-27d). A host pays for them once.
+
+    python -m agent.runtime.host QUEUE_DIR
+
+The agent asks for a trial by writing its trial.json's path into ``QUEUE_DIR/next`` (written, then renamed); the host
+takes it, runs it as the worker would (``agent.runtime.worker.run_trial``) with its output appended to the trial's
+``stdout.log``, then writes the trial's ``exit_code`` as a trial's own tmux session would. Between trials it puts back
+what a trial may change process-wide (``ProcessState``), so that each starts as in a new process. It runs only what it
+can run as a new process would (``refusal``), and stops after a trial that did not succeed (what a failure left in the
+process is not trusted), after ``IDLE_S`` without a request, or when ``QUEUE_DIR/stop`` appears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.files import atomic_path
+from agent.runtime import kernels, parallel, worker
+from agent.runtime.config import TrialConfig
+
+logger = logging.getLogger("agent.host")
+
+REQUEST, STOP = "next", "stop"
+IDLE_S = 300.0  # an agent that died leaves no host holding the GPU for longer than this
+POLL_S = 0.05
+
+
+def refusal(config: TrialConfig, python: str = sys.executable) -> str | None:
+    """Why this trial must run in a process of its own, or None where a host can run it."""
+    if parallel.world_size(config.knobs) > 1:
+        return "it runs several ranks under torchrun"
+    if config.knobs.runtime != "diffusers":
+        return f"runtime {config.knobs.runtime} runs in an environment of its own"
+    if config.host_memory_GiB is not None:
+        return "its address-space cap (host_memory_GiB) would stay on the host"
+    if python != sys.executable:
+        return f"it runs with {python}"
+    return None
+
+
+class ProcessState:
+    """What a trial may change for the whole process, as it was when the host started."""
+
+    def __init__(self) -> None:
+        self.inductor = torch._inductor.config.save_config()
+        self.dynamo = torch._dynamo.config.save_config()
+        self.flags = self._flags()
+        self.matmul_precision = torch.get_float32_matmul_precision()
+        self.threads = torch.get_num_threads()
+        self.rng = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+        self.environ = dict(os.environ)
+        self.fp8_attention = kernels._fp8
+
+    @staticmethod
+    def _flags() -> dict[str, bool]:
+        cudnn, cuda = torch.backends.cudnn, torch.backends.cuda.matmul
+        return {"benchmark": cudnn.benchmark, "deterministic": cudnn.deterministic, "cudnn_tf32": cudnn.allow_tf32,
+                "matmul_tf32": cuda.allow_tf32, "bf16_reduced": cuda.allow_bf16_reduced_precision_reduction}  # fmt: skip
+
+    def restore(self) -> None:
+        """Compiled code dropped, configuration, flags, threads, random state and environment as they were, the
+        memory a trial held given back and the peaks measured from here (agent.runtime.worker reads them)."""
+        torch._dynamo.reset()
+        torch._inductor.config.load_config(self.inductor)
+        torch._dynamo.config.load_config(self.dynamo)
+        cudnn, cuda = torch.backends.cudnn, torch.backends.cuda.matmul
+        flags = self.flags
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = flags["benchmark"], flags["deterministic"], flags["cudnn_tf32"]
+        cuda.allow_tf32, cuda.allow_bf16_reduced_precision_reduction = flags["matmul_tf32"], flags["bf16_reduced"]
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        torch.set_num_threads(self.threads)
+        torch.random.set_rng_state(self.rng[0])
+        np.random.set_state(self.rng[1])
+        random.setstate(self.rng[2])
+        os.environ.clear()
+        os.environ.update(self.environ)
+        kernels._fp8 = self.fp8_attention
+        gc.collect()
+        if torch.cuda.is_initialized():
+            for index in range(torch.cuda.device_count()):
+                torch.cuda.set_per_process_memory_fraction(1.0, index)
+                torch.cuda.reset_peak_memory_stats(index)
+            torch.cuda.empty_cache()
+        with contextlib.suppress(OSError):  # Linux: the peak resident set (VmHWM) counts again from here
+            Path("/proc/self/clear_refs").write_text("5")
+
+
+@contextlib.contextmanager
+def _output_to(log: Path):
+    """This process's stdout and stderr (Python's and the C libraries') appended to ``log`` for the block's length."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (target, *saved):
+            os.close(fd)
+
+
+def run_one(trial_file: Path, served: int) -> int:
+    """One trial as its own worker process would run it; its exit code is written beside it."""
+    trial_dir = trial_file.parent
+    with _output_to(trial_dir / "stdout.log"):
+        config = worker.load(trial_file)
+        why = None if config is None else refusal(config)
+        if why is not None:
+            print(f"the trial host does not run {trial_file}: {why}", file=sys.stderr)
+        if config is None or why is not None:
+            code = 2
+        else:
+            worker.HOSTED = {"pid": os.getpid(), "trials_before": served}
+            code = worker.run_trial(config)
+    with atomic_path(trial_dir / "exit_code") as path:
+        path.write_text(f"{code}\n")
+    return code
+
+
+def serve(queue: Path, idle_s: float = IDLE_S) -> int:
+    """Run the trials asked for in ``queue`` until a stop, an idle spell or a trial that did not succeed."""
+    queue.mkdir(parents=True, exist_ok=True)
+    state, served, last = ProcessState(), 0, time.monotonic()
+    logger.info("trial host %d ready: %s", os.getpid(), queue)
+    while not (queue / STOP).exists():
+        request = queue / REQUEST
+        if not request.exists():
+            if time.monotonic() - last > idle_s:
+                logger.info("no trial for %.0f s: stopping", idle_s)
+                return 0
+            time.sleep(POLL_S)
+            continue
+        trial_file = Path(request.read_text().strip())
+        request.unlink()
+        logger.info("trial %s", trial_file.parent.name)
+        code = run_one(trial_file, served)
+        served, last = served + 1, time.monotonic()
+        if code != 0:
+            logger.info("trial %s ended with %d: stopping (the next trial starts a new host)", trial_file.parent.name, code)
+            return 0
+        state.restore()
+    logger.info("asked to stop")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    if len(argv) != 2:
+        print("usage: python -m agent.runtime.host QUEUE_DIR", file=sys.stderr)
+        return 2
+    return serve(Path(argv[1]))
+
+
+if __name__ == "__main__":
+    worker.end_now(main(sys.argv))  # as the worker: nothing is left to do but the interpreter's teardown
