@@ -24,10 +24,18 @@ def describe(processes: list[dict]) -> str:
     )
 
 
-def wait_for_gpu(gpu_index: int, wait_s: float, poll_s: float = 5.0) -> tuple[list[dict], str]:
-    """Wait up to ``wait_s`` for no process to hold GPU ``gpu_index``; return those still there, and what was seen."""
+def wait_for_gpu(
+    gpu_index: int, wait_s: float, poll_s: float = 5.0, ours: frozenset[int] = frozenset()
+) -> tuple[list[dict], str]:
+    """Wait up to ``wait_s`` for no process but ``ours`` (the run's trial host) to hold GPU ``gpu_index``; return those
+    still there, and what was seen."""
     nvml = Nvml(gpu_index)
-    others = nvml.processes()
+
+    def others_now() -> list[dict] | None:
+        found = nvml.processes()
+        return None if found is None else [p for p in found if p["pid"] not in ours]
+
+    others = others_now()
     if others is None:
         return [], f"not checked (NVML unavailable: {nvml.error})"
     deadline = time.monotonic() + wait_s
@@ -35,5 +43,5 @@ def wait_for_gpu(gpu_index: int, wait_s: float, poll_s: float = 5.0) -> tuple[li
         logger.warning("GPU %d is in use by %s: waiting up to %.0f s", gpu_index, describe(others), wait_s)
     while others and time.monotonic() < deadline:
         time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
-        others = nvml.processes() or []
+        others = others_now() or []
     return others, ("in use by " + describe(others)) if others else "no other process on the GPU"

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from agent import gpu_map, hardware, sources, tmux, trials
+from agent import gpu_map, hardware, sources, tmux, trial_host, trials
 from agent.capabilities import cannot_run
 from agent.files import read_json, write_json_atomic
 from agent.graph import compiled
@@ -112,6 +112,8 @@ def stop(run_id: str, runs_dir: Path, wait_s: float = 60.0) -> list[str]:
         if driver_pid(directory) is not None:
             os.kill(pid, signal.SIGKILL)
         stopped.append(f"the agent (pid {pid})")
+    if trial_host.stop(run_id, directory, wait_s=5.0):
+        stopped.append(f"trial host {trial_host.session(run_id)}")
     for folder in ("trials", "generations"):
         for trial in sorted((directory / folder).glob("*")):
             session = tmux.session_name(run_id, trial.name)
@@ -173,7 +175,10 @@ def drive(run_id: str, runs_dir: Path) -> dict:
             return snapshot.values
         if snapshot.values:
             logger.info("resuming run %s before %s", run_id, ", ".join(snapshot.next))
-        app.invoke(None if snapshot.values else initial, config, context=context(runs_dir), durability="sync")
+        try:
+            app.invoke(None if snapshot.values else initial, config, context=context(runs_dir), durability="sync")
+        finally:  # however the graph stopped: the GPU is given back (a resume starts the host again)
+            trial_host.stop(run_id, run_dir)
         return app.get_state(config).values
 
 

@@ -125,7 +125,7 @@ class Nvml:
         return list(found.values())
 
 
-def _tree(pid: int | None) -> list[psutil.Process]:
+def process_tree(pid: int | None) -> list[psutil.Process]:
     """The process ``pid`` and its descendants (empty when there is none)."""
     if pid is None:
         return []
@@ -162,7 +162,7 @@ class SharingWatch:
         while True:
             found = self.nvml.processes()
             if found is not None:
-                mine = {p.pid for p in _tree(os.getpid())}
+                mine = {p.pid for p in process_tree(os.getpid())}
                 others = [p for p in found if p["pid"] not in mine]
                 self.samples += 1
                 self.shared_samples += bool(others)
@@ -242,7 +242,7 @@ class Sampler:
     def _loop(self) -> None:
         t0, written = time.monotonic(), 0
         while not self._stop.wait(self.interval_s):
-            worker = _tree(self.worker_pid())  # once per sample: finding the pane's pid asks tmux
+            worker = process_tree(self.worker_pid())  # once per sample: finding the pane's pid asks tmux
             row = {
                 "t_s": round(time.monotonic() - t0, 3),
                 **self.nvml.sample(),

@@ -166,10 +166,12 @@ def wait(
     idle_timeout_s: float,
     on_poll: Callable[[], None] | None = None,
     poll_s: float = 0.5,
+    started: float | None = None,
 ) -> SessionResult:
-    """Wait for the session to end. The deadline counts from the session's creation, so it holds across
-    an agent restart; the idle timeout counts from the last growth of ``log``."""
-    started = _created_at(name)
+    """Wait for the session to end, or for ``exit_file`` where the session runs on (a trial host). The deadline
+    counts from ``started`` (default: the session's creation, so that it holds across an agent restart); the idle
+    timeout counts from the last growth of ``log``."""
+    started = _created_at(name) if started is None else started
     last_size, last_growth = -1, time.time()
     while True:
         code = read_exit_code(exit_file)

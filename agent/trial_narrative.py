@@ -62,7 +62,7 @@ def trial_section(planned: dict, decision: dict | None) -> list[str]:
             f"{_carried(decision, 'steps_from')}, VAE decode {fmt_s(decision['vae_decode_s'])}"
             f"{_carried(decision, 'vae_decode_from')}; load {fmt_s(decision['stages'].get('load_s'))}, "
             f"{_first_forwards(decision)}{_vae_compile(decision)}; peak memory "
-            f"{memory(decision)}; energy {energy(decision)}; on {decision['device']}{_offload(decision)}.",
+            f"{memory(decision)}; energy {energy(decision)}; on {decision['device']}{_host(decision)}{_offload(decision)}.",
             "",
             f"**Quality.** {_quality(decision)}",
             "",
@@ -154,6 +154,15 @@ def _calibration(decision: dict) -> list[str]:
         f"{done['seconds']:.1f} s of the set-up.",
         "",
     ]
+
+
+def _host(decision: dict) -> str:
+    """Where a trial ran in the run's trial host (agent/trial_host.py): which of its trials it was."""
+    hosted = (decision.get("setup") or {}).get("host")
+    if not hosted:
+        return ""
+    n = hosted["trials_before"]
+    return f", in the run's trial host (pid {hosted['pid']}, {'its first trial' if n == 0 else f'after {n} other trials'})"
 
 
 def _offload(decision: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import agent
-from agent import gpu_map, telemetry, tmux
+from agent import gpu_map, telemetry, tmux, trial_host
 from agent.files import read_json, write_json_atomic
 from agent.runtime import parallel
 from agent.runtime.config import TrialConfig
@@ -64,7 +64,12 @@ def set_aside(trial_dir: Path, label: str) -> None:
 def will_start(run_id: str, trial_dir: Path) -> bool:
     """Whether ``execute`` would start a worker (the trial neither finished nor still running)."""
     finished = tmux.read_exit_code(trial_dir / "exit_code") is not None
-    return not finished and not tmux.is_running(tmux.session_name(run_id, trial_dir.name))
+    own_session = tmux.is_running(tmux.session_name(run_id, trial_dir.name))
+    return not finished and not own_session and not trial_host.running(run_id, _run_dir(trial_dir), trial_dir)
+
+
+def _run_dir(trial_dir: Path) -> Path:
+    return trial_dir.parent.parent  # trial_dir sits in <run>/trials/ or <run>/generations/
 
 
 def interpreter(environments: dict | None, runtime: str) -> str:
@@ -93,7 +98,7 @@ def _start(session: str, trial_dir: Path, python: str, runtime_vars: dict[str, s
     forget(trial_dir)  # left by an attempt whose session was lost
     knobs = TrialConfig.model_validate_json((trial_dir / "trial.json").read_text()).knobs
     argv = [*parallel.launcher(python, knobs), str(trial_dir / "trial.json")]  # torchrun for a trial of several ranks
-    env = worker_env(trial_dir.parent.parent, runtime_vars)  # trial_dir sits in <run>/trials/ or <run>/generations/
+    env = worker_env(_run_dir(trial_dir), runtime_vars)
     tmux.start(session, argv, trial_dir, trial_dir / "stdout.log", trial_dir / "exit_code", extra_env=env)
 
 
@@ -121,27 +126,38 @@ def execute(
     """Run (or re-attach to, or read back) the trial in ``trial_dir``; return its outcome as plain data. ``gpu`` is
     the NVML index of the GPU it computes on (gpu_map.trial_gpu), or of each rank's (gpu_map.rank_gpus), watched by
     the sampler; ``python`` runs the worker,
-    with ``runtime_vars`` (runtime_env) set."""
-    session = tmux.session_name(run_id, trial_dir.name)
+    with ``runtime_vars`` (runtime_env) set. Where the playbook lets trials share a process and this one can, the run's
+    trial host runs it (agent/trial_host.py); before one that cannot, the host is stopped."""
+    run_dir, hosted = _run_dir(trial_dir), trial_host.serves(trial_dir, python)
+    session = trial_host.session(run_id) if hosted else tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
-    reattached, reruns = False, []
+    reattached, reruns, started = False, [], None
     exit_code = tmux.read_exit_code(exit_file)
     if exit_code is not None:
         logger.info("trial %s already finished (exit %d): reading its result", trial_dir.name, exit_code)
         result = tmux.SessionResult("exited", exit_code, 0.0)
         summary = read_json(trial_dir / "telemetry.json") or {"note": "trial finished while the agent was not watching"}
     else:
-        reattached = tmux.is_running(session)
+        reattached = trial_host.running(run_id, run_dir, trial_dir) if hosted else tmux.is_running(session)
+        if reattached and hosted:  # its deadline counts from when the host began it
+            started = log.stat().st_ctime if log.exists() else time.time()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s, gpu)
             progress = _Progress(trial_dir.name, log)
             try:  # an interrupt from here on, even mid-start, stops the trial with the agent
                 if reattached:
                     logger.info("trial %s is still running in tmux session %s: re-attaching", trial_dir.name, session)
+                elif hosted:
+                    forget(trial_dir)
+                    trial_host.submit(run_id, run_dir, trial_dir, python, worker_env(run_dir, runtime_vars or {}))
+                    started = time.time()
                 else:
+                    trial_host.stop(run_id, run_dir)  # this trial needs the GPU in a process of its own
                     _start(session, trial_dir, python, runtime_vars or {})
                 sampler.start()
-                result = tmux.wait(session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s)
+                result = tmux.wait(
+                    session, log, exit_file, deadline_s, idle_timeout_s, on_poll=progress.show, poll_s=poll_s, started=started
+                )
             except KeyboardInterrupt:
                 sampler.stop()  # before its CSV is set aside with the attempt
                 _interrupted(session, trial_dir)

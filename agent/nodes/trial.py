@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from langgraph.runtime import Runtime
 
-from agent import contention, gpu_map, trials
+from agent import contention, gpu_map, trial_host, trials
 from agent.decision import failure_reason
 from agent.files import STORAGE_MESSAGES, StorageError, check_room, storage_problem
 from agent.nodes import journal
@@ -92,7 +92,7 @@ def _check_gpus(state: AgentState, trial_dir: Path, index: int | list[int] | Non
 
 def _check_gpu(state: AgentState, trial_dir: Path, index: int) -> dict:
     rule = state["playbook"]["busy_gpu"]
-    others, seen = contention.wait_for_gpu(index, rule["wait_s"])
+    others, seen = contention.wait_for_gpu(index, rule["wait_s"], ours=frozenset(trial_host.pids(state["run_id"])))
     if others and rule["then"] == "refuse":
         raise contention.GpuBusy(
             f"GPU {index} is {seen} (waited {rule['wait_s']:.0f} s before trial {trial_dir.name}); figures measured next to it "

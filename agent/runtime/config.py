@@ -151,6 +151,9 @@ class Measurement(Strict):
     # cores, other load on the machine deschedules one of them at every barrier: up to 8x slower clips on 2 shared
     # cores, where 1 thread ran up to 2.2x (benchmarks/tiny_noise.py). Every trial of a run uses the same number.
     cpu_threads: int | None = Field(default=None, ge=1, le=1024)
+    # Trials that can share a process run one after another in the run's trial host (agent/trial_host.py), which
+    # imports, starts CUDA and Inductor's compile workers once for all of them; the others in processes of their own.
+    share_process: bool = False
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Measurement:

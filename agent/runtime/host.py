@@ -9,9 +9,10 @@ torchao, starting CUDA and Inductor's compile workers, and the interpreter's tea
 The agent asks for a trial by writing its trial.json's path into ``QUEUE_DIR/next`` (written, then renamed); the host
 takes it, runs it as the worker would (``agent.runtime.worker.run_trial``) with its output appended to the trial's
 ``stdout.log``, then writes the trial's ``exit_code`` as a trial's own tmux session would. Between trials it puts back
-what a trial may change process-wide (``ProcessState``), so that each starts as in a new process. It runs only what it
-can run as a new process would (``refusal``), and stops after a trial that did not succeed (what a failure left in the
-process is not trusted), after ``IDLE_S`` without a request, or when ``QUEUE_DIR/stop`` appears.
+what a trial may change process-wide (``ProcessState``), so that each starts as in a new process. It runs only what
+it can run as a new process would (agent.trial_host.refusal), and stops after a trial that did not succeed (what a
+failure left in the process is not trusted), after ``IDLE_S`` without a request, or when ``QUEUE_DIR/stop`` appears.
+agent/trial_host.py starts and stops it.
 """
 
 from __future__ import annotations
@@ -29,27 +30,13 @@ import numpy as np
 import torch
 
 from agent.files import atomic_path
-from agent.runtime import kernels, parallel, worker
-from agent.runtime.config import TrialConfig
+from agent.runtime import kernels, worker
+from agent.trial_host import CURRENT, REQUEST, STOP, refusal
 
 logger = logging.getLogger("agent.host")
 
-REQUEST, STOP = "next", "stop"
 IDLE_S = 300.0  # an agent that died leaves no host holding the GPU for longer than this
 POLL_S = 0.05
-
-
-def refusal(config: TrialConfig, python: str = sys.executable) -> str | None:
-    """Why this trial must run in a process of its own, or None where a host can run it."""
-    if parallel.world_size(config.knobs) > 1:
-        return "it runs several ranks under torchrun"
-    if config.knobs.runtime != "diffusers":
-        return f"runtime {config.knobs.runtime} runs in an environment of its own"
-    if config.host_memory_GiB is not None:
-        return "its address-space cap (host_memory_GiB) would stay on the host"
-    if python != sys.executable:
-        return f"it runs with {python}"
-    return None
 
 
 class ProcessState:
@@ -151,9 +138,12 @@ def serve(queue: Path, idle_s: float = IDLE_S) -> int:
             time.sleep(POLL_S)
             continue
         trial_file = Path(request.read_text().strip())
+        with atomic_path(queue / CURRENT) as current:  # before the request goes: an agent restarting finds it either way
+            current.write_text(str(trial_file))
         request.unlink()
         logger.info("trial %s", trial_file.parent.name)
         code = run_one(trial_file, served)
+        (queue / CURRENT).unlink(missing_ok=True)
         served, last = served + 1, time.monotonic()
         if code != 0:
             logger.info("trial %s ended with %d: stopping (the next trial starts a new host)", trial_file.parent.name, code)

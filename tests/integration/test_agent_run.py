@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from agent import tmux
+from agent import tmux, trial_host
 from agent.quality import relative_error
 from tests.conftest import ROOT, TOKEN, small_playbook, wan_agent, write_playbook
 
@@ -66,7 +66,8 @@ def test_repeats_after_the_baseline_come_from_its_spread(converged):
 
 
 def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
-    measurement = {"mode": "probe", "warmup": 1, "repeats": 3, "probe_steps": 3}
+    # Its trials share a process: the run's trial host (agent/trial_host.py) runs them one after another.
+    measurement = {"mode": "probe", "warmup": 1, "repeats": 3, "probe_steps": 3, "share_process": True}
     book = small_playbook(measurement=measurement)
     # Declared same-function but is not (the distilled LoRA changes what the experts compute): rejected by its gate.
     at, lightning = next((i, r) for i, r in enumerate(book["ladder"]) if r["name"] == "lightning")
@@ -129,6 +130,10 @@ def test_a_probe_mode_search_is_confirmed_by_one_full_clip(tmp_path):
     assert best["measured"]["name"] == winner  # the confirmation only times the winner whole
     assert best["measured"]["confirmation"]["clip_s"] == confirm["generate_s"]
     assert "confirms the winner" in (run_dir / "journal.md").read_text()
+    hosted = [json.loads((run_dir / "trials" / n / "result.json").read_text())["setup"]["host"] for n in decisions]
+    assert [h["trials_before"] for h in hosted] == list(range(len(decisions))) and len({h["pid"] for h in hosted}) == 1
+    assert "in the run's trial host (pid" in journal_text and "its first trial" in journal_text
+    assert not tmux.is_running(trial_host.session(run_dir.name))  # stopped with the run: the GPU given back
 
 
 def test_each_trial_dir_holds_its_artifacts(converged):

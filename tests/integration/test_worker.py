@@ -224,7 +224,9 @@ def test_a_decode_rung_carries_the_best_experts_steps_and_outputs(model, tmp_pat
     assert code == 0, log
     assert "probe transformer step" not in log and "the same experts as 01-fp8's" in log
     assert result["probe"]["steps_from"] == "01-fp8" and result["summary"]["steps_from"] == "01-fp8"
-    assert "first_call_overhead_s" not in result["summary"] and "first_call_overhead_s" in runs["01-fp8"]["summary"]
+    # The experts' first calls are 01-fp8's first forwards (its checked steps' untimed ones), none of this trial's.
+    assert "first_forwards_s" in runs["01-fp8"]["stages"] and "first_forwards_s" not in result["stages"]
+    assert "first_call_overhead_s" not in result["summary"] and "first_call_overhead_s" not in runs["01-fp8"]["summary"]
     assert result["probe"]["step_s"] == {n: statistics.median(s) for n, s in runs["01-fp8"]["probe"]["step_samples_s"].items()}
     errors = result["fidelity"]["relative_error"]
     assert errors == runs["01-fp8"]["fidelity"]["relative_error"] and min(errors.values()) > 0
