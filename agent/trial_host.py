@@ -10,56 +10,57 @@ it holding the GPU. Its queue, log and exit code are in ``<run>/host/``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 from agent import telemetry, tmux
 from agent.files import atomic_path
-from agent.runtime import parallel
 from agent.runtime.config import TrialConfig
+from agent.runtime.sharing import CURRENT, REQUEST, STOP, refusal
 
 logger = logging.getLogger(__name__)
 
 QUEUE = "host"  # <run>/host
-REQUEST, STOP, CURRENT = "next", "stop", "current"  # asked for, asked to stop, the trial it runs now
-
-
-def refusal(config: TrialConfig, python: str = sys.executable) -> str | None:
-    """Why this trial must run in a process of its own, or None where a host can run it as a new process would."""
-    if parallel.world_size(config.knobs) > 1:
-        return "it runs several ranks under torchrun"
-    if config.knobs.runtime != "diffusers":
-        return f"runtime {config.knobs.runtime} runs in an environment of its own"
-    if config.host_memory_GiB is not None:
-        return "its address-space cap (host_memory_GiB) would stay on the host"
-    if python != sys.executable:
-        return f"it runs with {python}, not the agent's Python"
-    return None
 
 
 def session(run_id: str) -> str:
     return tmux.session_name(run_id, "host")
 
 
-def serves(trial_dir: Path, python: str) -> bool:
-    """Whether the run's host runs this trial: its playbook asks for it, and nothing about the trial refuses it."""
+def asked(trial_dir: Path, python: str) -> tuple[bool, bool]:
+    """Whether the trial's playbook asks for shared processes, and whether the run's host runs this trial (nothing
+    about it refuses that)."""
     config = TrialConfig.model_validate_json((trial_dir / "trial.json").read_text())
-    return config.measurement.share_process and refusal(config, python) is None
+    wanted = config.measurement.share_process
+    return wanted, wanted and refusal(config, python) is None
 
 
-def running(run_id: str, run_dir: Path, trial_dir: Path) -> bool:
-    """Whether the host is running this trial now (an agent that restarted re-attaches to it)."""
-    current = run_dir / QUEUE / CURRENT
+def _names(queue: Path, name: str, trial_dir: Path) -> bool:
     try:
-        return tmux.is_running(session(run_id)) and Path(current.read_text().strip()) == trial_dir / "trial.json"
+        return Path((queue / name).read_text().strip()) == trial_dir / "trial.json"
     except FileNotFoundError:
         return False
 
 
-def submit(run_id: str, run_dir: Path, trial_dir: Path, python: str, env: dict[str, str]) -> None:
-    """Ask the run's host for the trial, starting the host first where none runs."""
+def running(run_id: str, run_dir: Path, trial_dir: Path) -> bool:
+    """Whether the host is running this trial now, or has it asked for (an agent that restarted re-attaches to it)."""
     queue = run_dir / QUEUE
+    return tmux.is_running(session(run_id)) and any(_names(queue, name, trial_dir) for name in (CURRENT, REQUEST))
+
+
+def started_at(run_dir: Path) -> float:
+    """When the host took its current trial (the deadline counts from there), or now if it has not yet."""
+    try:
+        return (run_dir / QUEUE / CURRENT).stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
+
+
+def submit(run_id: str, run_dir: Path, trial_dir: Path, python: str, env: dict[str, str]) -> None:
+    """Ask the run's host for the trial, starting the host first where none runs (or one is stopping)."""
+    queue = run_dir / QUEUE
+    if running(run_id, run_dir, trial_dir):  # asked for already (an agent that restarted between two steps)
+        return
     if not tmux.is_running(session(run_id)) or (queue / STOP).exists():
         stop(run_id, run_dir)  # one that is stopping: let it end first
         queue.mkdir(parents=True, exist_ok=True)

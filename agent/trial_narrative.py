@@ -162,7 +162,8 @@ def _host(decision: dict) -> str:
     if not hosted:
         return ""
     n = hosted["trials_before"]
-    return f", in the run's trial host (pid {hosted['pid']}, {'its first trial' if n == 0 else f'after {n} other trials'})"
+    after = "its first trial" if n == 0 else f"after {n} other trial{'s' if n > 1 else ''}"
+    return f", in the run's trial host (pid {hosted['pid']}, {after})"
 
 
 def _offload(decision: dict) -> str:

@@ -128,7 +128,7 @@ def execute(
     the sampler; ``python`` runs the worker,
     with ``runtime_vars`` (runtime_env) set. Where the playbook lets trials share a process and this one can, the run's
     trial host runs it (agent/trial_host.py); before one that cannot, the host is stopped."""
-    run_dir, hosted = _run_dir(trial_dir), trial_host.serves(trial_dir, python)
+    run_dir, (shares, hosted) = _run_dir(trial_dir), trial_host.asked(trial_dir, python)
     session = trial_host.session(run_id) if hosted else tmux.session_name(run_id, trial_dir.name)
     log, exit_file = trial_dir / "stdout.log", trial_dir / "exit_code"
     reattached, reruns, started = False, [], None
@@ -140,7 +140,7 @@ def execute(
     else:
         reattached = trial_host.running(run_id, run_dir, trial_dir) if hosted else tmux.is_running(session)
         if reattached and hosted:  # its deadline counts from when the host began it
-            started = log.stat().st_ctime if log.exists() else time.time()
+            started = trial_host.started_at(run_dir)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             sampler = telemetry.Sampler(trial_dir / "telemetry.csv", lambda: tmux.pane_pid(session), telemetry_interval_s, gpu)
             progress = _Progress(trial_dir.name, log)
@@ -152,7 +152,8 @@ def execute(
                     trial_host.submit(run_id, run_dir, trial_dir, python, worker_env(run_dir, runtime_vars or {}))
                     started = time.time()
                 else:
-                    trial_host.stop(run_id, run_dir)  # this trial needs the GPU in a process of its own
+                    if shares:  # a run whose trials share a process, but not this one: it needs the GPU to itself
+                        trial_host.stop(run_id, run_dir)
                     _start(session, trial_dir, python, runtime_vars or {})
                 sampler.start()
                 result = tmux.wait(
@@ -183,6 +184,8 @@ def execute(
     }
     if result.outcome != "exited" or result.exit_code != 0:
         outcome["log_tail"] = _log_tail(log)
+        if hosted and result.exit_code is None:  # the host itself ended: what it said is in its own log
+            outcome["log_tail"] += "\n" + _log_tail(run_dir / trial_host.QUEUE / "host.log")
     return outcome
 
 

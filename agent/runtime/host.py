@@ -10,7 +10,7 @@ The agent asks for a trial by writing its trial.json's path into ``QUEUE_DIR/nex
 takes it, runs it as the worker would (``agent.runtime.worker.run_trial``) with its output appended to the trial's
 ``stdout.log``, then writes the trial's ``exit_code`` as a trial's own tmux session would. Between trials it puts back
 what a trial may change process-wide (``ProcessState``), so that each starts as in a new process. It runs only what
-it can run as a new process would (agent.trial_host.refusal), and stops after a trial that did not succeed (what a
+it can run as a new process would (agent.runtime.sharing.refusal), and stops after a trial that did not succeed (what a
 failure left in the process is not trusted), after ``IDLE_S`` without a request, or when ``QUEUE_DIR/stop`` appears.
 agent/trial_host.py starts and stops it.
 """
@@ -18,12 +18,14 @@ agent/trial_host.py starts and stops it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ import torch
 
 from agent.files import atomic_path
 from agent.runtime import kernels, worker
-from agent.trial_host import CURRENT, REQUEST, STOP, refusal
+from agent.runtime.sharing import CURRENT, REQUEST, STOP, refusal
 
 logger = logging.getLogger("agent.host")
 
@@ -73,24 +75,32 @@ class ProcessState:
         torch.random.set_rng_state(self.rng[0])
         np.random.set_state(self.rng[1])
         random.setstate(self.rng[2])
-        os.environ.clear()
-        os.environ.update(self.environ)
+        for key in set(os.environ) - set(self.environ):  # key by key: threads of Inductor's may be reading it
+            del os.environ[key]
+        for key, value in self.environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
         kernels._fp8 = self.fp8_attention
+        torch._inductor.utils.clear_inductor_caches()
         gc.collect()
         if torch.cuda.is_initialized():
-            for index in range(torch.cuda.device_count()):
-                torch.cuda.set_per_process_memory_fraction(1.0, index)
-                torch.cuda.reset_peak_memory_stats(index)
-            torch.cuda.empty_cache()
+            torch.cuda.set_device(0)  # a new process's current device, which a trial asking for "cuda" gets
+            torch.cuda.empty_cache()  # (the worker resets the peak memory it reports once its pipeline is built)
         with contextlib.suppress(OSError):  # Linux: the peak resident set (VmHWM) counts again from here
             Path("/proc/self/clear_refs").write_text("5")
+
+
+def _flush() -> None:
+    """Python's and the C libraries' buffered output written out, where it belongs before fds 1 and 2 move."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctypes.CDLL(None).fflush(None)
 
 
 @contextlib.contextmanager
 def _output_to(log: Path):
     """This process's stdout and stderr (Python's and the C libraries') appended to ``log`` for the block's length."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     saved = os.dup(1), os.dup(2)
     target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -98,27 +108,33 @@ def _output_to(log: Path):
         os.dup2(target, 2)
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (target, *saved):
             os.close(fd)
 
 
-def run_one(trial_file: Path, served: int) -> int:
-    """One trial as its own worker process would run it; its exit code is written beside it."""
+def run_one(trial_file: Path, served: int, queue: Path) -> int:
+    """One trial as its own worker process would run it; its exit code is written beside it, always. Where it did not
+    succeed, the host says it is stopping before the agent can ask for the next trial."""
     trial_dir = trial_file.parent
     with _output_to(trial_dir / "stdout.log"):
-        config = worker.load(trial_file)
-        why = None if config is None else refusal(config)
-        if why is not None:
-            print(f"the trial host does not run {trial_file}: {why}", file=sys.stderr)
-        if config is None or why is not None:
-            code = 2
-        else:
-            worker.HOSTED = {"pid": os.getpid(), "trials_before": served}
-            code = worker.run_trial(config)
+        try:
+            config = worker.load(trial_file)
+            why = None if config is None else refusal(config)
+            if why is not None:
+                print(f"the trial host does not run {trial_file}: {why}", file=sys.stderr)
+            if config is None or why is not None:
+                code = 2
+            else:
+                worker.HOSTED = {"pid": os.getpid(), "trials_before": served}
+                code = worker.run_trial(config)
+        except BaseException:  # what a worker process would have died of (a full disk writing its result, say)
+            traceback.print_exc()
+            code = 1
+    if code != 0:
+        (queue / STOP).touch()
     with atomic_path(trial_dir / "exit_code") as path:
         path.write_text(f"{code}\n")
     return code
@@ -133,8 +149,12 @@ def serve(queue: Path, idle_s: float = IDLE_S) -> int:
         request = queue / REQUEST
         if not request.exists():
             if time.monotonic() - last > idle_s:
-                logger.info("no trial for %.0f s: stopping", idle_s)
-                return 0
+                (queue / STOP).touch()  # from here on the agent starts a new host for its next trial
+                if not request.exists():  # unless it asked just before
+                    logger.info("no trial for %.0f s: stopping", idle_s)
+                    return 0
+                (queue / STOP).unlink()
+                continue
             time.sleep(POLL_S)
             continue
         trial_file = Path(request.read_text().strip())
@@ -142,7 +162,7 @@ def serve(queue: Path, idle_s: float = IDLE_S) -> int:
             current.write_text(str(trial_file))
         request.unlink()
         logger.info("trial %s", trial_file.parent.name)
-        code = run_one(trial_file, served)
+        code = run_one(trial_file, served, queue)
         (queue / CURRENT).unlink(missing_ok=True)
         served, last = served + 1, time.monotonic()
         if code != 0:

@@ -46,7 +46,7 @@ def test_the_host_runs_trials_one_after_another_as_new_processes_would(model, tm
     results = []
     for name, knobs in (("a", {"vae_decode": "channels_last"}), ("b", {}), ("c", {})):
         trials.prepare(tmp_path / name, probe_config(model, tmp_path / name, **knobs))
-        assert trial_host.serves(tmp_path / name, sys.executable)
+        assert trial_host.asked(tmp_path / name, sys.executable) == (True, True)
         assert through_host(run, tmp_path / name) == 0, (tmp_path / name / "stdout.log").read_text()
         results.append(json.loads((tmp_path / name / "result.json").read_text()))
     assert [r["setup"]["host"]["trials_before"] for r in results] == [0, 1, 2]
@@ -67,7 +67,7 @@ def test_the_host_runs_trials_one_after_another_as_new_processes_would(model, tm
 def test_the_host_refuses_what_needs_a_process_of_its_own_and_stops_after_a_failure(model, tmp_path, run):  # noqa: F811
     capped = probe_config(model, tmp_path / "capped").model_copy(update={"host_memory_GiB": 64.0})
     trials.prepare(tmp_path / "capped", capped)
-    assert not trial_host.serves(tmp_path / "capped", sys.executable)  # the agent runs it in a process of its own
+    assert trial_host.asked(tmp_path / "capped", sys.executable) == (True, False)  # run in a process of its own
     assert through_host(run, tmp_path / "capped") == 2  # and the host, asked anyway, refuses it
     assert "address-space cap" in (tmp_path / "capped" / "stdout.log").read_text()
     deadline = time.monotonic() + 30
@@ -93,3 +93,13 @@ def test_process_state_is_put_back_after_a_trial():
     assert "WAN_AGENT_TEST_LEFTOVER" not in os.environ and kernels._fp8 == state.fp8_attention
     again = torch.rand(3), np.random.rand(3), random.random()  # the same draws as right after the state was taken
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def test_a_trial_that_would_have_killed_its_worker_gets_an_exit_code_and_its_traceback(model, tmp_path, run):  # noqa: F811
+    (tmp_path / "a-file").write_text("")
+    broken = probe_config(model, tmp_path / "broken").model_copy(update={"output_dir": str(tmp_path / "a-file" / "out")})
+    trials.prepare(tmp_path / "broken", broken)  # its result cannot be written: a worker process would die of it
+    assert through_host(run, tmp_path / "broken") == 1
+    log = (tmp_path / "broken" / "stdout.log").read_text()
+    assert "Traceback" in log and "NotADirectoryError" in log
+    assert (tmp_path / trial_host.QUEUE / "stop").exists()  # said before the exit code: the next trial gets a new host
