@@ -83,6 +83,11 @@ def _step(model, latents, timestep, positive, negative, guidance: float, per_tok
     return out, out
 
 
+def _check_output(model, latents, timestep, positive, per_token: bool) -> np.ndarray:
+    """The expert's conditional output on ``latents`` at ``timestep``, on the host in float32: a check output."""
+    return _step(model, latents, timestep, positive, None, 1.0, per_token)[1].float().cpu().numpy()
+
+
 def probe(
     pipe,
     config: TrialConfig,
@@ -186,7 +191,7 @@ def _expert_steps(
             at = (checks or {}).get(name, [])
             if not split[name]:  # the check outputs of an expert no step of the clip runs: not timed
                 for t in at:
-                    outputs[f"{name}@{t:g}"] = _step(model, latents, t, positive, None, 1.0, per_token)[1].float().cpu().numpy()
+                    outputs[f"{name}@{t:g}"] = _check_output(model, latents, t, positive, per_token)
                 continue
             times = [step(name, model) for _ in range(warmup)]
             times += [step(name, model, at[i % len(at)] if at else None) for i in range(max(count, len(at)))]
@@ -258,8 +263,7 @@ def check_outputs(pipe, config: TrialConfig, device: torch.device, positive) -> 
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             for i, t in enumerate(check_timesteps(pipe)[name]):
                 t0 = time.perf_counter()
-                out = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps)[1]
-                outputs[f"{name}@{t:g}"] = out.float().cpu().numpy()
+                outputs[f"{name}@{t:g}"] = _check_output(model, latents, t, positive, pipe.config.expand_timesteps)
                 first_s += time.perf_counter() - t0 if i == 0 else 0.0
     return outputs, first_s
 
@@ -278,7 +282,7 @@ def numerical_noise(pipe, config: TrialConfig, device: torch.device, positive, c
     with torch.inference_mode():
         for name, model in zip(("transformer", "transformer_2"), experts(pipe), strict=False):
             t = check_timesteps(pipe)[name][1]
-            moved = _step(model, latents, t, positive, None, 1.0, pipe.config.expand_timesteps)[1].float().cpu().numpy()
+            moved = _check_output(model, latents, t, positive, pipe.config.expand_timesteps)
             noise[name] = relative_error(moved, check[f"{name}@{t:g}"])
     frame = check_decode(pipe, config, device, perturb=half_ulp)
     noise["vae_frame_psnr_dB"] = fidelity(frame / 255.0, check["vae_frame"] / 255.0)["psnr_dB"]
