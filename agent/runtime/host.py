@@ -18,7 +18,6 @@ agent/trial_host.py starts and stops it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -90,17 +89,10 @@ class ProcessState:
             Path("/proc/self/clear_refs").write_text("5")
 
 
-def _flush() -> None:
-    """Python's and the C libraries' buffered output written out, where it belongs before fds 1 and 2 move."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    ctypes.CDLL(None).fflush(None)
-
-
 @contextlib.contextmanager
 def _output_to(log: Path):
     """This process's stdout and stderr (Python's and the C libraries') appended to ``log`` for the block's length."""
-    _flush()
+    worker.flush_output()  # what is buffered belongs where fds 1 and 2 point now
     saved = os.dup(1), os.dup(2)
     target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -108,7 +100,7 @@ def _output_to(log: Path):
         os.dup2(target, 2)
         yield
     finally:
-        _flush()
+        worker.flush_output()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (target, *saved):

@@ -155,7 +155,7 @@ def _carried_steps(config: TrialConfig, offload: str, device) -> CarriedSteps | 
     if carried is not None and not (Path(carried.dir) / CHECK_FILE).exists():
         logger.info("experts timed here: %s has no check outputs of them", carried.trial)
         carried = None
-    if config.steps_carried is not None and parallel.ranks_disagree(carried is not None, device):
+    if config.steps_carried is not None and not _on_every_rank(carried is not None, device) and carried is not None:
         logger.info("experts timed here: another rank times its own")
         carried = None
     return carried
@@ -267,15 +267,20 @@ def run(config: TrialConfig) -> dict:
     }
 
 
-def end_now(code: int) -> None:
-    """Exit with ``code`` once the logs and stdio buffers (Python's and C's) are flushed, without the teardown."""
+def flush_output() -> None:
+    """Python's and the C libraries' buffered stdout and stderr written out."""
     import ctypes
 
-    logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more can reach it anyway
             stream.flush()
     ctypes.CDLL(None).fflush(None)
+
+
+def end_now(code: int) -> None:
+    """Exit with ``code`` once the logs and stdio buffers (Python's and C's) are flushed, without the teardown."""
+    logging.shutdown()
+    flush_output()
     os._exit(code)
 
 
