@@ -84,8 +84,8 @@ def probe(name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, devic
     if fp8:
         report["fp8"] = "e4m3 q/k/v, one scale per head"
     # Made and compared where they compute: at Wan's shape q, k and v are 157 M values each, drawn and compared in
-    # float64 on the host before, and the trials that probed a backend took 5-6.5 s longer from their first line to a
-    # built pipeline than those that did not (benchmarks/results/h100-2026-11-27d/agent-run-bare).
+    # float64 on the host before, and the trials that probed a backend took 5-7 s longer from their first line to a
+    # built pipeline than the two that did not (benchmarks/trial_walls.py on benchmarks/results/h100-2026-11-27d/agent-run-bare).
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(shape, generator=gen, device=device, dtype=dtype) for _ in range(3))
     reference = dispatch_attention_fn(q, k, v, backend=AttentionBackendName.NATIVE)
