@@ -153,7 +153,8 @@ class Measurement(Strict):
     cpu_threads: int | None = Field(default=None, ge=1, le=1024)
     # Trials that can share a process run one after another in the run's trial host (agent/trial_host.py), which
     # imports, starts CUDA and Inductor's compile workers once for all of them; the others in processes of their own.
-    share_process: bool = False
+    # False: every trial in a process of its own.
+    share_process: bool = True
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Measurement:

@@ -197,7 +197,7 @@ def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, 
     # Only where the probe warmed the experts up itself: carried, their first calls were another trial's; timed with the
     # checks, their first steps are the trial's first forwards (stages), not counted twice.
     if "first_step_s" in report and not steps:
-        summary["first_call_overhead_s"] = sum(report["first_step_s"][n] - report["step_s"][n] for n in report["step_s"])
+        summary["first_call_overhead_s"] = sum(first - report["step_s"][n] for n, first in report["first_step_s"].items())
     for key in ("vae_decode_from", "steps_from"):
         if key in report:
             summary[key] = report[key]

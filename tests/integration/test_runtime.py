@@ -210,6 +210,21 @@ def test_checked_steps_cycle_the_check_timesteps_and_check_an_expert_the_clip_do
     assert list(timed["step_samples_s"]) == ["transformer"] and len(timed["step_samples_s"]["transformer"]) == 5
 
 
+def test_a_second_experts_first_step_is_untimed_only_where_it_proves_cold(model, tmp_path, one_thread):
+    # The second expert runs the first's code: its first step is a sample, unless it is slower than its others by
+    # more than probe.COLD_MARGIN (a recompile, a swap onto the GPU; here a first call held up on purpose).
+    cfg = config(model, tmp_path, precision="bf16", steps=6, guidance_scale=1.0, guidance_scale_2=1.0)
+    pipe, _, _ = pipeline.build(cfg, CPU)
+    positive, negative, _ = encode(pipe, cfg, CPU)
+    count, calls = cfg.measurement.probe_steps, count_forwards(pipe.transformer_2)  # counted before the hook below
+    held = pipe.transformer_2.register_forward_pre_hook(lambda *_: time.sleep(0.5) if calls[0] == 1 else None)
+    _, timed = probe.checked_steps(pipe, cfg, CPU, positive, negative, lambda _: None)
+    held.remove()
+    assert calls[0] == count + 1  # the held-up step, then count timed ones
+    assert timed["first_step_s"]["transformer_2"] > 0.5 > max(timed["step_samples_s"]["transformer_2"])
+    assert len(timed["step_samples_s"]["transformer_2"]) == count
+
+
 def test_the_probe_times_the_check_outputs_steps_and_runs_carried_experts_not_at_all(model, tmp_path, one_thread):
     cfg = config(model, tmp_path, precision="bf16", steps=6, guidance_scale=4.0, guidance_scale_2=1.0)
     pipe, _, _ = pipeline.build(cfg, CPU)
@@ -217,19 +232,22 @@ def test_the_probe_times_the_check_outputs_steps_and_runs_carried_experts_not_at
     count = cfg.measurement.probe_steps
     separate, _ = probe.check_outputs(pipe, cfg, CPU, positive)
     high, low = count_forwards(pipe.transformer), count_forwards(pipe.transformer_2)
-    # One untimed step of each expert, then the timed ones at its check timesteps (CFG: two forwards a step), whose
-    # conditional forwards are the check outputs: the same as computed on their own.
+    # One untimed step of the first expert, then the timed ones at its check timesteps (CFG: two forwards a step),
+    # whose conditional forwards are the check outputs: the same as computed on their own. The second expert's first
+    # step is timed unless it proves cold (on a busy CPU it may: then one step more).
     checks, timed = probe.checked_steps(pipe, cfg, CPU, positive, negative, lambda _: None)
-    assert (high[0], low[0]) == (2 * (1 + count), 1 + count)
+    second = low[0]
+    assert high[0] == 2 * (1 + count) and second in (count, count + 1)
     assert checks.keys() == separate.keys()
     assert all(np.array_equal(checks[k], separate[k]) for k in separate)
     assert all(len(s) == count for s in timed["step_samples_s"].values())
     warm = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None, timed=timed)
-    assert (high[0], low[0]) == (2 * (1 + count), 1 + count)  # no expert forward more
+    assert (high[0], low[0]) == (2 * (1 + count), second)  # no expert forward more
     assert warm["step_s"] == timed["step_s"] and warm["offload"] == "none"
     cold = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)  # not timed before: one untimed step first
-    assert (high[0], low[0]) == (2 * (1 + count) * 2, (1 + count) * 2)
+    assert high[0] == 2 * (1 + count) * 2 and low[0] - second in (count, count + 1)
     assert len(cold["step_samples_s"]["transformer"]) == count
+    high[0], low[0] = 2 * (1 + count) * 2, (1 + count) * 2  # as counted below
     # Another trial's experts, unchanged: the median of its timed steps stands for each step here, and no forward runs.
     steps = {"transformer": [0.5, 0.9, 0.7], "transformer_2": [0.25, 0.35]}
     carried = CarriedSteps(
