@@ -15,8 +15,9 @@ from pathlib import Path
 
 from agent import telemetry, tmux
 from agent.files import atomic_path
+from agent.playbook import Playbook
 from agent.runtime.config import TrialConfig
-from agent.runtime.sharing import CURRENT, REQUEST, STOP, refusal
+from agent.runtime.sharing import CURRENT, REQUEST, STOP, refusal, refusal_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +57,37 @@ def started_at(run_dir: Path) -> float:
         return time.time()
 
 
+def start(run_id: str, run_dir: Path, python: str, env: dict[str, str]) -> None:
+    """Start the run's host where none runs (or one is stopping); it waits for its first trial."""
+    queue = run_dir / QUEUE
+    if tmux.is_running(session(run_id)) and not (queue / STOP).exists():
+        return
+    stop(run_id, run_dir)  # one that is stopping: let it end first
+    queue.mkdir(parents=True, exist_ok=True)
+    for name in (REQUEST, STOP, CURRENT, "exit_code"):
+        (queue / name).unlink(missing_ok=True)
+    argv = [python, "-m", "agent.runtime.host", str(queue)]
+    tmux.start(session(run_id), argv, run_dir, queue / "host.log", queue / "exit_code", extra_env=env)
+
+
+def start_early(run_id: str, run_dir: Path, book: Playbook, python: str, env: dict[str, str]) -> bool:
+    """Start the host as a run begins, where its baseline will run there: the host imports and starts up (12 s on an
+    H100, benchmarks/results/h100-2026-11-27e) while the agent provisions and fetches. Whether it was started."""
+    limits = book.limits
+    if not book.measurement.share_process or refusal_of(
+        book.baseline, limits.host_memory_GiB, limits.gpu_memory_fraction, python
+    ):
+        return False
+    start(run_id, run_dir, python, env)
+    return True
+
+
 def submit(run_id: str, run_dir: Path, trial_dir: Path, python: str, env: dict[str, str]) -> None:
     """Ask the run's host for the trial, starting the host first where none runs (or one is stopping)."""
-    queue = run_dir / QUEUE
     if running(run_id, run_dir, trial_dir):  # asked for already (an agent that restarted between two steps)
         return
-    if not tmux.is_running(session(run_id)) or (queue / STOP).exists():
-        stop(run_id, run_dir)  # one that is stopping: let it end first
-        queue.mkdir(parents=True, exist_ok=True)
-        for name in (REQUEST, STOP, CURRENT, "exit_code"):
-            (queue / name).unlink(missing_ok=True)
-        argv = [python, "-m", "agent.runtime.host", str(queue)]
-        tmux.start(session(run_id), argv, run_dir, queue / "host.log", queue / "exit_code", extra_env=env)
-    with atomic_path(queue / REQUEST) as request:
+    start(run_id, run_dir, python, env)
+    with atomic_path(run_dir / QUEUE / REQUEST) as request:
         request.write_text(str(trial_dir / "trial.json"))
 
 

@@ -148,9 +148,14 @@ def _calibration(decision: dict) -> list[str]:
     done = (decision.get("setup") or {}).get("fp8_calibration")
     if not done:
         return []
+    steps, seed = done["calibration_steps"], done["calibration_seed"]
+    how = f"one calibration denoising of {steps} steps (seed {seed}, not the measured clips')"
+    if "from" in done:
+        said = f"with the ranges {done['from']} observed over {how}, loaded (these experts compute as its did)"
+    else:
+        said = f"observed over {how}"
     return [
-        f"**FP8 scales.** Static, {done['granularity']}: {done['layers']} linear layers observed over one calibration "
-        f"denoising of {done['calibration_steps']} steps (seed {done['calibration_seed']}, not the measured clips'), "
+        f"**FP8 scales.** Static, {done['granularity']}: {done['layers']} linear layers {said}; "
         f"{done['seconds']:.1f} s of the set-up.",
         "",
     ]

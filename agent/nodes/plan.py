@@ -12,7 +12,7 @@ from langgraph.runtime import Runtime
 
 from agent import trials
 from agent.capabilities import cannot_run
-from agent.carry import carried_decode, carried_steps
+from agent.carry import carried_calibration, carried_decode, carried_steps
 from agent.decision import repeats_for, samples
 from agent.files import check_room
 from agent.nodes import journal, run_dir
@@ -159,6 +159,7 @@ def plan(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         host_memory_GiB=book.limits.host_memory_GiB,
         decode_carried=carried_decode(best, knobs, measurement, workload),
         steps_carried=carried_steps(best, knobs, measurement, workload, judged=reference is not None),
+        calibration_carried=carried_calibration(best, knobs, workload),
     )
     trials.prepare(trial_dir, config)
     change = {k: [best_knobs.get(k), v] for k, v in knobs.model_dump().items() if best_knobs.get(k) != v} if done else {}

@@ -174,6 +174,20 @@ class CarriedDecode(Strict):
 
     trial: str = Field(min_length=1)
     samples_s: list[float] = Field(min_length=1)
+    # The best trial's directory: its check file holds the decoded check frame of this same decoder.
+    dir: str | None = None
+
+
+# Where a static-FP8 trial keeps the activation ranges its calibration observed (agent/runtime/fp8_static.py).
+FP8_SCALES_FILE = "fp8_scales.safetensors"
+
+
+class CarriedCalibration(Strict):
+    """The static FP8 activation ranges of the trial whose experts this one computes unchanged (its confirmation, or a
+    rung that changes only the decode): loaded instead of calibrated again (agent/carry.py decides when)."""
+
+    trial: str = Field(min_length=1)
+    path: str = Field(min_length=1)  # that trial's FP8_SCALES_FILE
 
 
 class CarriedSteps(Strict):
@@ -213,6 +227,7 @@ class TrialConfig(Strict):
     host_memory_GiB: float | None = Field(default=None, gt=0.0)
     decode_carried: CarriedDecode | None = None
     steps_carried: CarriedSteps | None = None
+    calibration_carried: CarriedCalibration | None = None
 
     @model_validator(mode="after")
     def _lightning_needs_lora(self) -> TrialConfig:

@@ -17,11 +17,15 @@ memory.py sizes them so).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from agent.files import atomic_path
 from agent.runtime import generate
-from agent.runtime.config import TrialConfig
+from agent.runtime.config import FP8_SCALES_FILE, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
 from agent.runtime.pipeline import EXPERTS, BackendUnavailable, experts, fp8_compute_filter, require_fp8_cores, synchronize
 
@@ -32,8 +36,9 @@ CALIBRATION_SEED_OFFSET = 1
 
 
 def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
-    """Observe the experts' linear inputs over one calibration denoising, then quantize them with those scales; what
-    was done (layers, steps, seed, seconds) for the trial's set-up record. memory.choose has refused any offloading."""
+    """Observe the experts' linear inputs over one calibration denoising (or load the ranges another trial observed on
+    the same experts: ``config.calibration_carried``), then quantize them with those scales; what was done (layers,
+    steps, seed, seconds, where from) for the trial's set-up record. memory.choose has refused any offloading."""
     require_fp8_cores(config.knobs, device)
     try:
         from torchao.prototype.quantization.quant_api import Float8ObservedLinear, Float8StaticActivationFloat8WeightConfig
@@ -46,31 +51,64 @@ def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
     prepare = Float8StaticActivationFloat8WeightConfig(step="prepare", set_inductor_config=False)
     for expert in experts(pipe):
         quantize_(expert, prepare, filter_fn=fp8_compute_filter)
-    if not any(isinstance(module, Float8ObservedLinear) for expert in experts(pipe) for module in expert.modules()):
+    named = {name: getattr(pipe, name) for name in EXPERTS if getattr(pipe, name, None) is not None}
+    observed = {f"{n}.{fqn}": m for n, e in named.items() for fqn, m in e.named_modules() if isinstance(m, Float8ObservedLinear)}
+    if not observed:
         raise UnsupportedOnHardware(
             "fp8=torchao_static found no linear layer to quantize: FP8 compute takes the transformer blocks' bf16 or "
             f"fp16 ones, and precision is {config.knobs.precision}"
         )
-    steps = min(config.knobs.steps, CALIBRATION_STEPS)
-    seed = config.workload.seed + CALIBRATION_SEED_OFFSET
-    positive, negative, _ = generate.encode(pipe, config, device)
-    generate.denoise(pipe, config, positive, negative, steps, seed, generate.guidance_switch(config.knobs))
-    synchronize(device)
-    named = {name: getattr(pipe, name) for name in EXPERTS if getattr(pipe, name, None) is not None}
-    layers = sum(_calibrated(name, expert, Float8ObservedLinear, steps) for name, expert in named.items())
+    if (carried := config.calibration_carried) is not None:
+        record = _load_ranges(observed, carried.path, device) | {"from": carried.trial}
+    else:
+        steps = min(config.knobs.steps, CALIBRATION_STEPS)
+        seed = config.workload.seed + CALIBRATION_SEED_OFFSET
+        positive, negative, _ = generate.encode(pipe, config, device)
+        generate.denoise(pipe, config, positive, negative, steps, seed, generate.guidance_switch(config.knobs))
+        synchronize(device)
+        for name, expert in named.items():
+            _calibrated(name, expert, Float8ObservedLinear, steps)
+        record = {"calibration_steps": steps, "calibration_seed": seed}
+        _save_ranges(observed, Path(config.output_dir) / FP8_SCALES_FILE, record)
+    layers = len(observed)
+    observed.clear()  # each bf16 weight must go as soon as its FP8 one is made: no reference held past here
     if device.type == "cuda":  # the calibration's activations, before the FP8 weights are made beside the bf16 ones
         torch.cuda.empty_cache()
     convert = Float8StaticActivationFloat8WeightConfig(step="convert", set_inductor_config=config.knobs.inductor_tuning)
     for expert in experts(pipe):
         quantize_(expert, convert, filter_fn=lambda module, _: isinstance(module, Float8ObservedLinear))
     synchronize(device)
-    return {
+    return record | {
         "layers": layers,
         "granularity": "per tensor (activations and weights)",
-        "calibration_steps": steps,
-        "calibration_seed": seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _save_ranges(observed: dict, path: Path, record: dict) -> None:
+    """Every observed layer's input range (the observers' min and max), for a trial that computes the same experts.
+    Written once, by the first rank of a torchrun trial (every rank observed the whole problem)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    ranges = ((f"{fqn}:{end}", getattr(m.input_act_obs, f"{end}_val")) for fqn, m in observed.items() for end in ("min", "max"))
+    tensors = {key: value.detach().cpu() for key, value in ranges}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in record.items()})
+
+
+def _load_ranges(observed: dict, path: str, device: torch.device) -> dict:
+    """Put another trial's observed ranges into this trial's observers; how that trial calibrated them. Its layers
+    must be exactly these: anything else is another model or another filter, never quietly half-applied."""
+    with safe_open(path, framework="pt", device=str(device)) as f:
+        names, metadata = set(f.keys()), f.metadata() or {}
+        wanted = {f"{fqn}:{end}" for fqn in observed for end in ("min", "max")}
+        if names != wanted:
+            odd = sorted(names ^ wanted)
+            raise ValueError(f"the static FP8 scales in {path} are not of this trial's layers ({len(odd)} differ, e.g. {odd[0]})")
+        for fqn, module in observed.items():
+            module.input_act_obs.min_val = f.get_tensor(f"{fqn}:min")
+            module.input_act_obs.max_val = f.get_tensor(f"{fqn}:max")
+    return {"calibration_steps": int(metadata["calibration_steps"]), "calibration_seed": int(metadata["calibration_seed"])}
 
 
 def _calibrated(name: str, expert: torch.nn.Module, observed: type[torch.nn.Module], steps: int) -> int:

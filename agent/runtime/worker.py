@@ -174,6 +174,19 @@ def _carried_checks(carried: CarriedSteps) -> dict[str, np.ndarray]:
         return {name: theirs[name] for name in theirs.files if name != VAE_CHECK}
 
 
+def _carried_frame(config: TrialConfig) -> np.ndarray | None:
+    """The decoded check frame of the trial whose decodes this probe-mode trial carries (the same decoder, run
+    nowhere here), or None where it decodes itself: a reference trial measures its noise on its own decoder."""
+    carried = config.decode_carried
+    if carried is None or carried.dir is None or config.reference_dir is None:
+        return None
+    try:
+        with checks(Path(carried.dir)) as theirs:
+            return theirs[VAE_CHECK] if VAE_CHECK in theirs.files else None
+    except OSError:  # nothing readable there: this trial decodes its frame itself
+        return None
+
+
 def _probe(pipe, config: TrialConfig, device, positive, negative, offload: str, steps: dict) -> dict:
     """Per-expert forwards only; the clip's time is predicted from them, with the error the prediction may have.
     ``steps``: the experts' steps already timed with the check outputs, or carried from another trial, if either."""
@@ -234,10 +247,11 @@ def run(config: TrialConfig) -> dict:
         stages["first_forwards_s"] = sum(steps["timed"]["first_step_s"].values())
     else:
         check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
-    if config.knobs.vae_decode == "compiled":  # compiling the decoder stays out of the timed clips and decodes
+    frame = _carried_frame(config)
+    if frame is None and config.knobs.vae_decode == "compiled":  # compiling stays out of the timed clips and decodes
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))
-    check[VAE_CHECK] = probe.check_decode(pipe, config, device)
+    check[VAE_CHECK] = probe.check_decode(pipe, config, device) if frame is None else frame
     # A reference trial (the baseline, a distilled rung) measures the numerical noise its followers are judged by.
     noise = probe.numerical_noise(pipe, config, device, positive, check) if config.reference_dir is None else None
     with atomic_path(out / CHECK_FILE) as check_file:

@@ -14,7 +14,7 @@ import yaml
 
 from agent import contention
 from agent.runtime import memory, worker
-from agent.runtime.config import Knobs, Measurement, TrialConfig, Workload
+from agent.runtime.config import FP8_SCALES_FILE, CarriedCalibration, Knobs, Measurement, TrialConfig, Workload
 from agent.sources import synthetic
 from agent.telemetry import Sampler
 from tests.conftest import small_playbook, wan_agent, write_playbook
@@ -24,7 +24,7 @@ CUDA = torch.device("cuda")
 FP8_CAPABLE = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-def trial(tmp_path: Path, name: str, fraction: float | None = None, **knobs) -> dict:
+def trial(tmp_path: Path, name: str, fraction: float | None = None, calibration=None, **knobs) -> dict:
     config = TrialConfig(
         name=name,
         model_path="synthetic:tiny",
@@ -35,6 +35,7 @@ def trial(tmp_path: Path, name: str, fraction: float | None = None, **knobs) -> 
         workload=Workload(prompt="A cat walking on the grass", height=96, width=160, frames=17, seed=3),
         knobs=Knobs(**{"steps": 6} | knobs),
         measurement=Measurement(warmup=1, repeats=2),
+        calibration_carried=calibration,
     )
     (tmp_path / name).mkdir()
     return worker.run(config)
@@ -64,6 +65,12 @@ def test_static_fp8_is_calibrated_then_compiled(tmp_path, base):
     assert calibration["calibration_steps"] == 6 and calibration["calibration_seed"] == 4
     for error in result["fidelity"]["relative_error"].values():
         assert 0 < error < 0.1
+    # The same experts again (as the confirmation runs them): the ranges observed above, loaded, give the same outputs.
+    scales = CarriedCalibration(trial="static", path=str(tmp_path / "static" / FP8_SCALES_FILE))
+    again = trial(tmp_path, "again", calibration=scales, fp8="torchao_static", compile="regional")
+    loaded = again["setup"]["fp8_calibration"]
+    assert loaded == calibration | {"from": "static", "seconds": loaded["seconds"]}
+    assert again["fidelity"]["relative_error"] == pytest.approx(result["fidelity"]["relative_error"], rel=1e-4)
 
 
 def test_layerwise_fp8_storage_keeps_the_function(tmp_path, base):

@@ -15,7 +15,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from agent.provision import official_code
 from agent.quality import relative_error
 from agent.runtime.config import Knobs
-from agent.runtime.official import convert, modules, support
+from agent.runtime.official import attention_patch, convert, modules, support
 from agent.runtime.official.support import OFFICIAL_REPO
 from agent.sources import synthetic
 from tests.conftest import small_playbook, wan_agent, write_playbook
@@ -149,3 +149,25 @@ def test_the_agent_treats_the_runtime_as_one_more_rung(tmp_path, official_remote
     assert python["01-official-runtime"] == env["python"] != python["00-baseline"]
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
     assert best["knobs"]["runtime"] == ("official" if official["verdict"] == "kept" else "diffusers")
+
+
+def test_a_compiled_block_takes_its_lengths_checked_outside_and_computes_the_same(tiny):
+    # Regional compile of the official DiT (agent/runtime/official/pipeline.py): each block's forward compiled, the
+    # stand-in's check of the lengths made before it; Dynamo's eager backend here (the graphs, not Inductor's kernels).
+    x, text = torch.randn(1, 16, 5, 12, 20), torch.randn(1, 512, 64)
+    official, tokens = convert.transformer(tiny.transformer), 5 * 6 * 10
+    seen = []
+
+    def dit(seq_len: int) -> torch.Tensor:
+        with torch.no_grad():
+            return official([x[0]], torch.tensor([700.0]), [text[0]], seq_len=seq_len)[0]
+
+    def recorded(forward):
+        return lambda *args, **kwargs: seen.append(kwargs["seq_lens"]) or forward(*args, **kwargs)
+
+    plain, plain_padded = dit(tokens), dit(tokens + 8)
+    for block in official.blocks:
+        block.forward = attention_patch.lengths_checked_outside(recorded(torch.compile(block.forward, backend="eager")))
+    whole, padded = dit(tokens), dit(tokens + 8)  # every sample full: no lengths; padded to 8 more: its lengths
+    assert err(whole, plain) < 1e-6 and err(padded, plain_padded) < 1e-6
+    assert seen[0] is None and [int(n) for n in seen[-1]] == [tokens]

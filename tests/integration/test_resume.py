@@ -12,7 +12,7 @@ import psutil
 import pytest
 import yaml
 
-from agent import tmux
+from agent import tmux, trial_host
 from agent.sources import synthetic
 from tests.conftest import ROOT, WAN_AGENT, small_playbook, wan_agent, write_playbook
 
@@ -29,10 +29,11 @@ def _as_a_background_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell script's `cmd &` hands its job
 
 
-def start_agent(tmp_path: Path, runs: Path) -> subprocess.Popen:
+def start_agent(tmp_path: Path, runs: Path, share: bool = False) -> subprocess.Popen:
     """`wan-agent run` on the small playbook, in the background as a script's `&` starts it (SIGINT ignored, which
-    Ctrl-C and `wan-agent stop` must still reach); its first stdout line is the run id."""
-    book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook())
+    Ctrl-C and `wan-agent stop` must still reach); its first stdout line is the run id. Each trial in a process of its
+    own, or with ``share`` in the run's trial host."""
+    book = write_playbook(tmp_path / "tiny-test.yaml", small_playbook(measurement={"share_process": share}))
     return subprocess.Popen(
         [*WAN_AGENT, "--runs-dir", str(runs), "run", "--playbook", str(book)],
         stdout=subprocess.PIPE,
@@ -43,20 +44,21 @@ def start_agent(tmp_path: Path, runs: Path) -> subprocess.Popen:
     )
 
 
-def start_agent_until_fp8_is_timing(tmp_path: Path, runs: Path) -> tuple[subprocess.Popen, str, Path, str]:
-    """Start the agent and wait until its second trial (01-fp8) is inside its timed repeats."""
-    agent = start_agent(tmp_path, runs)
+def start_agent_until_fp8_is_timing(tmp_path: Path, runs: Path, share: bool = False) -> tuple[subprocess.Popen, str, Path, str]:
+    """Start the agent and wait until its second trial (01-fp8) is inside its timed repeats; the session it runs in."""
+    agent = start_agent(tmp_path, runs, share)
     run_id = agent.stdout.readline().strip()
     trial = runs / run_id / "trials" / "01-fp8"
     log = trial / "stdout.log"
     wait_for(lambda: log.exists() and "repeat 1/" in log.read_text(), 300, "the fp8 trial to be timing")
-    return agent, run_id, trial, tmux.session_name(run_id, "01-fp8")
+    return agent, run_id, trial, trial_host.session(run_id) if share else tmux.session_name(run_id, "01-fp8")
 
 
+@pytest.mark.parametrize("share", [False, True], ids=["own process", "trial host"])
 @pytest.mark.parametrize("resume_when", ["trial_still_running", "trial_finished_meanwhile"])
-def test_sigkill_mid_trial_then_resume(tmp_path, resume_when):
+def test_sigkill_mid_trial_then_resume(tmp_path, resume_when, share):
     runs = tmp_path / "runs"
-    agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs)
+    agent, run_id, trial, session = start_agent_until_fp8_is_timing(tmp_path, runs, share)
     worker = _worker_pid(session)
     if resume_when == "trial_still_running":  # held until the resumed agent re-attaches: a tiny trial ends in ~1 s
         os.kill(worker, signal.SIGSTOP)
@@ -128,7 +130,7 @@ def _worker_pid(session: str) -> int | None:
     if pane is None:
         return None
     for child in psutil.Process(pane).children(recursive=True):
-        if "agent.runtime.worker" in " ".join(child.cmdline()):
+        if any(name in " ".join(child.cmdline()) for name in ("agent.runtime.worker", "agent.runtime.host")):
             return child.pid
     return None
 

@@ -225,6 +225,20 @@ def test_a_second_experts_first_step_is_untimed_only_where_it_proves_cold(model,
     assert len(timed["step_samples_s"]["transformer_2"]) == count
 
 
+def test_a_first_decode_is_untimed_only_where_it_proves_cold(model, tmp_path, one_thread):
+    # The clip's decodes: the first is a sample unless slower than the others by more than probe.COLD_MARGIN (cuDNN
+    # autotuning a new layout; here a first call held up on purpose), then untimed with one more decode after it.
+    cfg = config(model, tmp_path, precision="bf16", steps=2, guidance_scale=1.0, guidance_scale_2=1.0)
+    pipe, _, _ = pipeline.build(cfg, CPU)
+    positive, negative, _ = encode(pipe, cfg, CPU)
+    count, decodes = cfg.measurement.probe_steps, count_forwards(pipe.vae.post_quant_conv)  # once a decode
+    held = pipe.vae.post_quant_conv.register_forward_pre_hook(lambda *_: time.sleep(0.5) if decodes[0] == 1 else None)
+    report = probe.probe(pipe, cfg, CPU, positive, negative, lambda _: None)
+    held.remove()
+    assert decodes[0] == count + 1 and len(report["vae_decode_samples_s"]) == count
+    assert report["vae_first_decode_s"] > 0.5 > max(report["vae_decode_samples_s"])
+
+
 def test_the_probe_times_the_check_outputs_steps_and_runs_carried_experts_not_at_all(model, tmp_path, one_thread):
     cfg = config(model, tmp_path, precision="bf16", steps=6, guidance_scale=4.0, guidance_scale_2=1.0)
     pipe, _, _ = pipeline.build(cfg, CPU)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from agent import carry, gates, sources, trials
-from agent.runtime.config import Knobs, LoraFiles, Measurement, TrialConfig, Workload
+from agent.runtime import worker
+from agent.runtime.config import CarriedDecode, Knobs, LoraFiles, Measurement, TrialConfig, Workload
 from tests.conftest import ROOT
 
 
@@ -246,6 +247,30 @@ def test_a_decode_rung_carries_the_best_experts_steps_and_outputs(model, tmp_pat
     assert code == 0, log
     assert "experts timed here: offload none, where 01-fp8's ran with model" in log and "probe transformer step" in log
     assert "steps_from" not in result["probe"]
+
+
+def test_a_trial_that_carries_the_decode_takes_its_check_frame_and_compiles_no_decoder(model, tmp_path):
+    # The best's decoder, unchanged: its timed decodes and its decoded check frame stand for this trial's, so the
+    # decoder is not compiled here (a minute on these CPUs; 13 s from a warm cache on an H100).
+    probe = Measurement(mode="probe", warmup=1, repeats=2, probe_steps=2, cpu_threads=1)
+    base = config(model, tmp_path / "00-baseline").model_copy(update={"measurement": probe})
+    code, _, log = work(base)
+    assert code == 0, log
+    best = tmp_path / "01-best"  # a best whose check file has another frame than this decoder would give here
+    best.mkdir()
+    with worker.checks(Path(base.output_dir)) as theirs:
+        frames = {name: theirs[name] for name in theirs.files}
+    frames[worker.VAE_CHECK] = 255 - frames[worker.VAE_CHECK]
+    np.savez(best / worker.CHECK_FILE, **frames)
+    decode = CarriedDecode(trial="01-best", samples_s=[0.25, 0.25], dir=str(best))
+    fp8 = config(model, tmp_path / "02-fp8", fp8="layerwise", vae_decode="compiled")
+    fp8 = fp8.model_copy(update={"measurement": probe, "reference_dir": base.output_dir, "decode_carried": decode})
+    code, result, log = work(fp8)
+    assert code == 0, log
+    assert "compiling the VAE decoder" not in log and "vae_compile_s" not in result["stages"]
+    assert result["probe"]["vae_decode_from"] == "01-best" and result["summary"]["vae_decode_s"] == 0.25
+    with worker.checks(Path(fp8.output_dir)) as mine:
+        assert np.array_equal(mine[worker.VAE_CHECK], frames[worker.VAE_CHECK])
 
 
 def test_what_a_trial_does_not_carry():

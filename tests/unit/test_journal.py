@@ -83,3 +83,8 @@ def test_the_journal_says_how_static_fp8_scales_were_found():
     text = render_markdown(events)
     assert text.count("**FP8 scales.**") == 1
     assert "800 linear layers observed over one calibration denoising of 4 steps (seed 43" in text
+    for event in events:  # as a confirmation that loaded that trial's ranges records it
+        if (done := (event.get("setup") or {}).get("fp8_calibration")) is not None:
+            done["from"] = "05-static-fp8"
+    text = render_markdown(events)
+    assert "800 linear layers with the ranges 05-static-fp8 observed over one calibration denoising of 4 steps (seed 43" in text

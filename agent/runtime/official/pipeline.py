@@ -231,7 +231,10 @@ def build(config: TrialConfig, device: torch.device) -> tuple[OfficialPipeline, 
     if knobs.compile != "none":  # each block on its own: the attention stand-in's length check breaks a whole graph
         for expert in diffusers_runtime.experts(inner):
             for block in expert.blocks if knobs.compile == "regional" else [expert]:
-                block.compile()
+                if knobs.compile == "regional" and knobs.ulysses == 1:  # that check made outside the block
+                    block.forward = attention_patch.lengths_checked_outside(torch.compile(block.forward))
+                else:
+                    block.compile()
     if knobs.vae_decode != "eager":
         tune_vae(official.vae, knobs.vae_decode)
     diffusers_runtime.synchronize(device)
