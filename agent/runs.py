@@ -176,10 +176,10 @@ def drive(run_id: str, runs_dir: Path) -> dict:
             return snapshot.values
         if snapshot.values:
             logger.info("resuming run %s before %s", run_id, ", ".join(snapshot.next))
-        else:
-            book = Playbook.model_validate(initial["playbook"])
-            trial_host.start_early(run_id, run_dir, book, sys.executable, trials.worker_env(run_dir, {}))
         try:
+            if not snapshot.values:
+                book = Playbook.model_validate(initial["playbook"])
+                trial_host.start_early(run_id, run_dir, book, sys.executable, trials.worker_env(run_dir, {}))
             app.invoke(None if snapshot.values else initial, config, context=context(runs_dir), durability="sync")
         finally:  # however the graph stopped: the GPU is given back (a resume starts the host again)
             trial_host.stop(run_id, run_dir)

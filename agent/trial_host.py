@@ -1,10 +1,12 @@
 """The agent's side of the trial host (agent/runtime/host.py): one tmux session per run, ``wan-<run>-host``, running
 the run's trials that can share a process, where the playbook asks for it (``measurement.share_process``).
 
-It is started when the first such trial is asked for, and stopped before a trial that needs the GPU to itself in a
-process of its own (torchrun, the official runtime's environment), when the run's graph stops for any reason, and by
-`wan-agent stop`; after ``IDLE_S`` without a trial it stops by itself, so that an agent killed outright does not leave
-it holding the GPU. Its queue, log and exit code are in ``<run>/host/``.
+It is started as a run begins where the run's baseline can run there (its imports overlap provisioning), else when
+the first such trial is asked for. It is stopped before a trial that needs the GPU to itself in a process of its own
+(torchrun, the official runtime's environment), when the run's graph stops for any reason, and by `wan-agent stop`;
+after ``IDLE_S`` without a trial it stops by itself, so that an agent killed outright does not leave it holding the
+GPU (a long download before the first trial outlasts it: that trial starts another). Its queue, log and exit code are
+in ``<run>/host/``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ memory.py sizes them so).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 
 from agent.files import atomic_path
 from agent.runtime import generate
-from agent.runtime.config import FP8_SCALES_FILE, TrialConfig
+from agent.runtime.config import FP8_SCALES_FILE, CarriedCalibration, TrialConfig
 from agent.runtime.memory import UnsupportedOnHardware
 from agent.runtime.pipeline import EXPERTS, BackendUnavailable, experts, fp8_compute_filter, require_fp8_cores, synchronize
 
@@ -33,6 +34,8 @@ from agent.runtime.pipeline import EXPERTS, BackendUnavailable, experts, fp8_com
 # and both experts take steps of it); 8 bf16 CFG steps of A14B are 16 forwards of ~3.4 s each on an H100 (PERF.md).
 CALIBRATION_STEPS = 8
 CALIBRATION_SEED_OFFSET = 1
+
+logger = logging.getLogger(__name__)
 
 
 def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
@@ -58,9 +61,8 @@ def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
             "fp8=torchao_static found no linear layer to quantize: FP8 compute takes the transformer blocks' bf16 or "
             f"fp16 ones, and precision is {config.knobs.precision}"
         )
-    if (carried := config.calibration_carried) is not None:
-        record = _load_ranges(observed, carried.path, device) | {"from": carried.trial}
-    else:
+    record = _load_ranges(observed, config.calibration_carried, device) if config.calibration_carried else None
+    if record is None:
         steps = min(config.knobs.steps, CALIBRATION_STEPS)
         seed = config.workload.seed + CALIBRATION_SEED_OFFSET
         positive, negative, _ = generate.encode(pipe, config, device)
@@ -69,7 +71,8 @@ def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
         for name, expert in named.items():
             _calibrated(name, expert, Float8ObservedLinear, steps)
         record = {"calibration_steps": steps, "calibration_seed": seed}
-        _save_ranges(observed, Path(config.output_dir) / FP8_SCALES_FILE, record)
+    # kept beside every such trial, loaded or not: a trial after it may carry them on (saying who calibrated them)
+    _save_ranges(observed, Path(config.output_dir) / FP8_SCALES_FILE, record | {"from": record.get("from", config.name)})
     layers = len(observed)
     observed.clear()  # each bf16 weight must go as soon as its FP8 one is made: no reference held past here
     if device.type == "cuda":  # the calibration's activations, before the FP8 weights are made beside the bf16 ones
@@ -96,10 +99,17 @@ def _save_ranges(observed: dict, path: Path, record: dict) -> None:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in record.items()})
 
 
-def _load_ranges(observed: dict, path: str, device: torch.device) -> dict:
-    """Put another trial's observed ranges into this trial's observers; how that trial calibrated them. Its layers
-    must be exactly these: anything else is another model or another filter, never quietly half-applied."""
-    with safe_open(path, framework="pt", device=str(device)) as f:
+def _load_ranges(observed: dict, carried: CarriedCalibration, device: torch.device) -> dict | None:
+    """Put another trial's observed ranges into this trial's observers; how and by which trial they were calibrated
+    (``from``). None where the file cannot be read (this trial calibrates then). Its layers must be exactly these:
+    anything else is another model or another filter, never quietly half-applied."""
+    path = carried.path
+    try:
+        scales = safe_open(path, framework="pt", device=str(device))
+    except OSError as err:
+        logger.warning("the static FP8 scales in %s cannot be read (%s): calibrating here", path, err)
+        return None
+    with scales as f:
         names, metadata = set(f.keys()), f.metadata() or {}
         wanted = {f"{fqn}:{end}" for fqn in observed for end in ("min", "max")}
         if names != wanted:
@@ -108,7 +118,8 @@ def _load_ranges(observed: dict, path: str, device: torch.device) -> dict:
         for fqn, module in observed.items():
             module.input_act_obs.min_val = f.get_tensor(f"{fqn}:min")
             module.input_act_obs.max_val = f.get_tensor(f"{fqn}:max")
-    return {"calibration_steps": int(metadata["calibration_steps"]), "calibration_seed": int(metadata["calibration_seed"])}
+    steps, seed = int(metadata["calibration_steps"]), int(metadata["calibration_seed"])
+    return {"calibration_steps": steps, "calibration_seed": seed, "from": metadata.get("from", carried.trial)}
 
 
 def _calibrated(name: str, expert: torch.nn.Module, observed: type[torch.nn.Module], steps: int) -> int:

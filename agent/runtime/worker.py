@@ -178,7 +178,7 @@ def _carried_frame(config: TrialConfig) -> np.ndarray | None:
     """The decoded check frame of the trial whose decodes this probe-mode trial carries (the same decoder, run
     nowhere here), or None where it decodes itself: a reference trial measures its noise on its own decoder."""
     carried = config.decode_carried
-    if carried is None or carried.dir is None or config.reference_dir is None:
+    if config.measurement.mode != "probe" or carried is None or carried.dir is None or config.reference_dir is None:
         return None
     try:
         with checks(Path(carried.dir)) as theirs:
@@ -248,6 +248,8 @@ def run(config: TrialConfig) -> dict:
     else:
         check, stages["first_forwards_s"] = probe.check_outputs(pipe, config, device, positive)
     frame = _carried_frame(config)
+    if not _on_every_rank(frame is not None, device):  # a split decode's ranks decode together or not at all
+        frame = None
     if frame is None and config.knobs.vae_decode == "compiled":  # compiling stays out of the timed clips and decodes
         logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))

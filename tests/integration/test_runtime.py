@@ -237,6 +237,10 @@ def test_a_first_decode_is_untimed_only_where_it_proves_cold(model, tmp_path, on
     held.remove()
     assert decodes[0] == count + 1 and len(report["vae_decode_samples_s"]) == count
     assert report["vae_first_decode_s"] > 0.5 > max(report["vae_decode_samples_s"])
+    # One timed decode cannot show its first call warm: one untimed before it, always.
+    one = cfg.model_copy(update={"measurement": Measurement(warmup=1, repeats=1, probe_steps=1)})
+    report = probe.probe(pipe, one, CPU, positive, negative, lambda _: None)
+    assert decodes[0] == count + 1 + 2 and len(report["vae_decode_samples_s"]) == 1 and "vae_first_decode_s" in report
 
 
 def test_the_probe_times_the_check_outputs_steps_and_runs_carried_experts_not_at_all(model, tmp_path, one_thread):

@@ -271,6 +271,15 @@ def test_a_trial_that_carries_the_decode_takes_its_check_frame_and_compiles_no_d
     assert result["probe"]["vae_decode_from"] == "01-best" and result["summary"]["vae_decode_s"] == 0.25
     with worker.checks(Path(fp8.output_dir)) as mine:
         assert np.array_equal(mine[worker.VAE_CHECK], frames[worker.VAE_CHECK])
+    # A reference trial (no reference of its own) measures its noise on its own decoder: it decodes its frame itself.
+    eager = fp8.knobs.model_copy(update={"vae_decode": "eager"})
+    reference = fp8.model_copy(
+        update={"name": "03-reference", "output_dir": str(tmp_path / "03-reference"), "reference_dir": None, "knobs": eager}
+    )
+    code, result, log = work(reference)
+    assert code == 0, log
+    with worker.checks(Path(reference.output_dir)) as mine, worker.checks(Path(base.output_dir)) as theirs:
+        assert np.array_equal(mine[worker.VAE_CHECK], theirs[worker.VAE_CHECK])  # the same eager decoder as the baseline's
 
 
 def test_what_a_trial_does_not_carry():
