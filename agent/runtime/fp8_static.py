@@ -68,8 +68,7 @@ def quantize(pipe, config: TrialConfig, device: torch.device) -> dict:
         positive, negative, _ = generate.encode(pipe, config, device)
         generate.denoise(pipe, config, positive, negative, steps, seed, generate.guidance_switch(config.knobs))
         synchronize(device)
-        for name, expert in named.items():
-            _calibrated(name, expert, Float8ObservedLinear, steps)
+        _unobserved(observed, steps)
         record = {"calibration_steps": steps, "calibration_seed": seed}
     # kept beside every such trial, loaded or not: a trial after it may carry them on (saying who calibrated them)
     _save_ranges(observed, Path(config.output_dir) / FP8_SCALES_FILE, record | {"from": record.get("from", config.name)})
@@ -122,14 +121,11 @@ def _load_ranges(observed: dict, carried: CarriedCalibration, device: torch.devi
     return {"calibration_steps": steps, "calibration_seed": seed, "from": metadata.get("from", carried.trial)}
 
 
-def _calibrated(name: str, expert: torch.nn.Module, observed: type[torch.nn.Module], steps: int) -> int:
-    """How many of ``expert``'s linear layers the calibration observed; an error if one never ran. Holds no reference
-    to them past the call: each one's bf16 weight must go as soon as its FP8 one is made."""
-    linears = [(fqn, module) for fqn, module in expert.named_modules() if isinstance(module, observed)]
-    unseen = [fqn for fqn, linear in linears if not hasattr(linear.input_act_obs, "max_val")]
+def _unobserved(observed: dict, steps: int) -> None:
+    """An error where the calibration never ran one of the ``observed`` linear layers (keyed ``expert.fqn``)."""
+    unseen = [fqn for fqn, linear in observed.items() if not hasattr(linear.input_act_obs, "max_val")]
     if unseen:
         raise RuntimeError(
-            f"fp8=torchao_static: the calibration's {steps} steps never ran {name}'s {unseen[0]} (and {len(unseen) - 1} "
-            "more linear layers): its expert took no step; calibrate with more steps"
+            f"fp8=torchao_static: the calibration's {steps} steps never ran {unseen[0]} (and {len(unseen) - 1} more "
+            "linear layers): its expert took no step; calibrate with more steps"
         )
-    return len(linears)

@@ -34,6 +34,11 @@ CHECK_SEED = 1234  # the check outputs' input latents
 COLD_MARGIN = 0.01
 
 
+def _proves_cold(samples: list[float]) -> bool:
+    """Whether the first of ``samples`` was slower than every other by more than ``COLD_MARGIN``."""
+    return samples[0] > max(samples[1:]) * (1 + COLD_MARGIN)
+
+
 def _latents(pipe, config: TrialConfig, device: torch.device, seed: int) -> torch.Tensor:
     work = config.workload
     t, s = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial  # 4 and 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE)
@@ -142,7 +147,7 @@ def probe(
     else:
         log(f"  VAE decode: {count} timed, the first untimed where it proves cold (cuDNN autotuning), one more then")
         decodes = _timed_decodes(pipe, latents, device, count if count > 1 else 2)  # one alone cannot prove itself warm
-        if count == 1 or decodes[0] > max(decodes[1:]) * (1 + COLD_MARGIN):
+        if count == 1 or _proves_cold(decodes):
             report["vae_first_decode_s"] = decodes.pop(0)
             decodes += _timed_decodes(pipe, latents, device, count - len(decodes))
         report["vae_decode_samples_s"] = decodes
@@ -173,10 +178,10 @@ def _expert_steps(
 ) -> tuple[dict[str, np.ndarray], dict]:
     """At least one untimed step of the first expert (first calls compile, autotune, allocate), of a later one only
     where its first step proves cold (``COLD_MARGIN``), then ``probe_steps`` timed ones (and, offloaded per model, the
-    swaps). With ``checks`` (each expert's check timesteps), max(probe_steps, the
-    check timesteps) steps are timed at them in turn (the first ``probe_steps`` are the samples) and their conditional
-    outputs are returned as the check outputs (those of an expert the clip does not run too, untimed); the scheduler's
-    update is the clip's own first step of the expert, as in the pipeline."""
+    swaps). With ``checks`` (each expert's check timesteps), max(probe_steps, the check timesteps) steps are timed at
+    them in turn (the first ``probe_steps`` are the samples) and their conditional outputs are returned as the check
+    outputs (those of an expert the clip does not run too, untimed); the scheduler's update is the clip's own first
+    step of the expert, as in the pipeline."""
     knobs, measure = config.knobs, config.measurement
     split = expert_steps(pipe, knobs.steps)
     warmup, count = max(measure.warmup, 1), measure.probe_steps
@@ -210,7 +215,7 @@ def _expert_steps(
             lead = 0 if warmed and count > 1 else warmup
             times = [step(name, model) for _ in range(lead)]
             times += [step(name, model, at[i % len(at)] if at else None) for i in range(max(count, len(at)))]
-            if lead == 0 and times[0] > max(times[1:]) * (1 + COLD_MARGIN):  # a first call after all
+            if lead == 0 and _proves_cold(times):  # a first call after all
                 lead = 1
                 times.append(step(name, model, at[len(times) % len(at)] if at else None))
             for i, seconds in enumerate(times):
