@@ -40,9 +40,9 @@ def _lengths(lens: torch.Tensor | None, full: int, batch: int, device: torch.dev
 def lengths_checked_outside(forward):
     """An official DiT block's ``forward`` (compiled), called with ``seq_lens`` None where every sample fills the
     whole sequence, the DiT's usual case: the stand-in's check of the lengths (``_lengths``) is made here, on the host
-    and outside the compiled block, where inside it it broke the block's graph (9 graphs a block against 6 without,
-    ``torch._dynamo.explain`` on the tiny model). Padded samples still reach the stand-in with their lengths. For a
-    block that sees the whole sequence (no sequence parallelism: there each rank holds a part of it)."""
+    and outside the compiled block, where inside it it broke the block's graph (9 graphs a block against 6 without:
+    benchmarks/official_block_graphs.py on the tiny model). Padded samples still reach the stand-in with their
+    lengths. For a block that sees the whole sequence (no sequence parallelism: there each rank holds a part of it)."""
 
     def call(x, *args, seq_lens=None, **kwargs):
         if seq_lens is not None and bool((torch.as_tensor(seq_lens) >= x.size(1)).all()):
