@@ -252,9 +252,10 @@ def _timed_decodes(pipe, latents: torch.Tensor, device: torch.device, count: int
 
 
 def warm_decoder(pipe, config: TrialConfig, device: torch.device) -> list[float]:
-    """Two decodes of a clip-sized latent, timed: a compiled decoder compiles in the first (74 s on an H100 at
-    480p, 81 frames) and recompiled part of itself in the second (15 s), so a clip decoded after these two
-    finds it warm (1.4 s there). Called only for ``vae_decode: compiled``."""
+    """Two decodes of a clip-sized latent, timed: a compiled decoder compiles in the first (60 s on an H100 at
+    480p, 81 frames), and the second shows it warm (0.78 s there, benchmarks/results/h100-2026-11-27f) or finishes
+    what a decoder traced in pieces recompiles (22 s of 72 s before it was traced whole). Called only for
+    ``vae_decode: compiled``."""
     return _timed_decodes(pipe, _latents(pipe, config, device, seed=0), device, 2)
 
 

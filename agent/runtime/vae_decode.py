@@ -9,6 +9,11 @@ benchmarks/results/h200x2-2026-11-27/decode.md), so they are done without the co
   contiguous layout): the spatial zeros become the convolution's own padding, only the time padding stays;
 - the decoder's RMS norm normalizes over the channels in float32 through five elementwise passes: one fused
   ``rms_norm`` over the channels-last view does it, in float32 inside the kernel.
+A third habit costs the compiled decoder, not the eager one: its time upsampling marks a first chunk's cache with the
+string "Rep" and compares each cached tensor with it (``tensor == "Rep"``), which Dynamo cannot trace. The break, in a
+loop, made Dynamo skip the decoder's forward and compile its blocks one by one instead, past its limit of 8 graphs a
+function (27 graphs, 50 s and 22 s of compile in the first two decodes on an H100,
+benchmarks/results/h100-2026-11-27d/decoder-compile.json). The same update is made with ``isinstance`` here.
 ``compiled``: that, and the decoder compiled by Inductor (VAE_INDUCTOR_OPTIONS). Applied before any offloading, whose
 hooks wrap the forwards replaced here.
 """
@@ -31,14 +36,17 @@ def tune_vae(vae, mode: str) -> None:
             causal = len(getattr(module, "_padding", ())) == 6  # diffusers' WanCausalConv3d, the reference's CausalConv3d
             if causal and module.padding_mode == "zeros":
                 _pad_in_the_convolution(module)
+        elif getattr(module, "mode", None) == "upsample3d" and hasattr(module, "time_conv"):  # WanResample, Resample
+            module.forward = types.MethodType(_resample_traceably, module)
         elif type(module).__name__ == "WanRMS_norm" and module.channel_first and not torch.is_tensor(module.bias):
             module.forward = types.MethodType(_fused_rms_norm, module)
     if mode == "compiled":
-        # The decoder's blocks share a few forward functions called at a dozen shapes each: past Dynamo's
-        # limit of 8 compiled variants per function the rest run eager. Measured on an H100 so: 1.26 s against
-        # 1.72 channels-last, ~90 s to compile. torchao's FP8 quantize_ turns on Inductor's coordinate-descent
-        # tuning for the whole process where `inductor_tuning` lets it (recommended_inductor_config_setter); with
-        # it, the decoder's first decode ran past 5 min on an H100. The decoder is compiled without it, always.
+        # Traced whole (the time upsampling above), the decoder compiles to 3 graphs: the first chunk, the second,
+        # and the rest. On an H100 at 480p, 81 frames: 0.771 s a decode against 1.177 channels-last, 61 s to compile
+        # (benchmarks/results/h100-2026-11-27f/decoder-traceable.json). torchao's FP8 quantize_ turns on Inductor's
+        # coordinate-descent tuning for the whole process where `inductor_tuning` lets it
+        # (recommended_inductor_config_setter); with it, the decoder's first decode ran past 5 min on an H100. The
+        # decoder is compiled without it, always.
         vae.decoder.compile(dynamic=False, options=VAE_INDUCTOR_OPTIONS)
 
 
@@ -60,6 +68,34 @@ def _causal_convolution(self, x: torch.Tensor, cache_x: torch.Tensor | None = No
     if front > 0:
         x = F.pad(x, (0, 0, 0, 0, front, 0))
     return self._conv_forward(x, self.weight, self.bias)
+
+
+def _resample_traceably(self, x: torch.Tensor, feat_cache=None, feat_idx=(0,)) -> torch.Tensor:
+    """``WanResample.forward`` (diffusers) and ``Resample.forward`` (the reference) in ``upsample3d`` mode: the time
+    upsampling with the cache as they update it, then their own spatial upsampling (their forward without a cache)."""
+    if feat_cache is not None:
+        x = _upsample_in_time(self, x, feat_cache, feat_idx)
+    return type(self).forward(self, x)
+
+
+def _upsample_in_time(self, x: torch.Tensor, feat_cache: list, feat_idx: list) -> torch.Tensor:
+    idx = feat_idx[0]
+    cached = feat_cache[idx]
+    feat_idx[0] += 1
+    if cached is None:  # the first chunk keeps its one frame; the next one sees zeros before it ("Rep")
+        feat_cache[idx] = "Rep"
+        return x
+    after_first = isinstance(cached, str)
+    b, c, t, h, w = x.shape
+    cache_x = x[:, :, -2:].clone()  # the decoder's CACHE_T frames
+    if cache_x.shape[2] < 2:
+        before = torch.zeros_like(cache_x) if after_first else cached[:, :, -1:].to(cache_x.device)
+        cache_x = torch.cat([before, cache_x], dim=2)
+    x = self.time_conv(x) if after_first else self.time_conv(x, cached)
+    feat_cache[idx] = cache_x
+    x = x.reshape(b, 2, c, t, h, w)
+    x = torch.stack((x[:, 0], x[:, 1]), 3)
+    return x.reshape(b, c, t * 2, h, w)
 
 
 def _fused_rms_norm(self, x: torch.Tensor) -> torch.Tensor:

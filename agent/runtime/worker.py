@@ -251,7 +251,7 @@ def run(config: TrialConfig) -> dict:
     if not _on_every_rank(frame is not None, device):  # a split decode's ranks decode together or not at all
         frame = None
     if frame is None and config.knobs.vae_decode == "compiled":  # compiling stays out of the timed clips and decodes
-        logger.info("compiling the VAE decoder (two decodes; minutes at full size)")
+        logger.info("compiling the VAE decoder (two decodes; a minute at full size)")
         stages["vae_compile_s"] = sum(probe.warm_decoder(pipe, config, device))
     check[VAE_CHECK] = probe.check_decode(pipe, config, device) if frame is None else frame
     # A reference trial (the baseline, a distilled rung) measures the numerical noise its followers are judged by.
