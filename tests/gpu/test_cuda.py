@@ -102,6 +102,30 @@ def test_vae_decode_modes_keep_the_clip(tmp_path, base, mode):
     assert result["fidelity"]["psnr_dB"] > 30
 
 
+def test_the_compiled_decoder_is_traced_whole_and_warm_after_one_decode():
+    # torch 2.11's Dynamo broke the decoder's graph at diffusers' `tensor == "Rep"` and compiled its blocks one by one
+    # (27 graphs on an H100); traced whole it is 3 graphs (the first chunk, the second, the rest), and a second decode
+    # compiles nothing (benchmarks/results/h100-2026-11-27f/decoder-traceable.json).
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKLWan
+    from torch._dynamo.utils import counters
+
+    from agent.runtime.generate import decode
+    from agent.runtime.vae_decode import tune_vae
+
+    torch._dynamo.reset()
+    counters.clear()
+    vae = AutoencoderKLWan(**synthetic.preset("tiny").vae).to(CUDA, torch.bfloat16).eval()
+    tune_vae(vae, "compiled")
+    latents = torch.randn(1, vae.config.z_dim, 5, 12, 20, device=CUDA, dtype=torch.bfloat16)
+    decode(SimpleNamespace(vae=vae), latents)
+    graphs = counters["stats"]["unique_graphs"]
+    decode(SimpleNamespace(vae=vae), latents)
+    assert sum(counters["graph_break"].values()) == 0
+    assert graphs == counters["stats"]["unique_graphs"] == 3
+
+
 @pytest.mark.parametrize("mode", ["group", "sequential"])
 def test_offloaded_weights_reach_the_tuned_decoder(tmp_path, base, mode):
     # tune_vae replaces the causal convolutions' and norms' forwards before offloading's hooks wrap them: after

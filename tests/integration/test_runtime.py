@@ -195,8 +195,8 @@ def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
 
 def test_the_decoders_time_upsampling_computes_diffusers_update_without_comparing_a_tensor_with_a_string(model, tmp_path):
     # diffusers marks a first chunk's cache "Rep" and tests `tensor == "Rep"`, which torch 2.11's Dynamo cannot trace:
-    # the decoder then compiled in 27 pieces (benchmarks/results/h100-2026-11-27f). The update made with isinstance
-    # must be the same, chunk after chunk: the first (no cache), the second (after "Rep"), the third (a cached frame).
+    # the decoder then compiled in 27 pieces (tests/gpu/test_cuda.py checks it is traced whole). The update made with
+    # isinstance must be the same, chunk after chunk: the first (no cache), the second (after "Rep"), the third.
     eager, _, _ = pipeline.build(config(model, tmp_path), CPU)
     tuned, _, _ = pipeline.build(config(model, tmp_path, vae_decode="channels_last"), CPU)
     modules = zip(eager.vae.decoder.modules(), tuned.vae.decoder.modules(), strict=True)
