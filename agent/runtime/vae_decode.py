@@ -70,11 +70,11 @@ def _causal_convolution(self, x: torch.Tensor, cache_x: torch.Tensor | None = No
     return self._conv_forward(x, self.weight, self.bias)
 
 
-def _resample_traceably(self, x: torch.Tensor, feat_cache=None, feat_idx=(0,)) -> torch.Tensor:
+def _resample_traceably(self, x: torch.Tensor, feat_cache=None, feat_idx=None) -> torch.Tensor:
     """``WanResample.forward`` (diffusers) and ``Resample.forward`` (the reference) in ``upsample3d`` mode: the time
     upsampling with the cache as they update it, then their own spatial upsampling (their forward without a cache)."""
     if feat_cache is not None:
-        x = _upsample_in_time(self, x, feat_cache, feat_idx)
+        x = _upsample_in_time(self, x, feat_cache, [0] if feat_idx is None else feat_idx)
     return type(self).forward(self, x)
 
 

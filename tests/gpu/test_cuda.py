@@ -122,8 +122,8 @@ def test_the_compiled_decoder_is_traced_whole_and_warm_after_one_decode():
     decode(SimpleNamespace(vae=vae), latents)
     graphs = counters["stats"]["unique_graphs"]
     decode(SimpleNamespace(vae=vae), latents)
-    assert sum(counters["graph_break"].values()) == 0
-    assert graphs == counters["stats"]["unique_graphs"] == 3
+    assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] == graphs
+    assert graphs == 3  # with torch 2.11's Dynamo: the first chunk, the second, the rest (in pieces: 2 breaks)
 
 
 @pytest.mark.parametrize("mode", ["group", "sequential"])

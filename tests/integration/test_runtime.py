@@ -1,5 +1,6 @@
 """The runtime in-process on the tiny pipeline: per-expert CFG, memory planning, probe vs full clip."""
 
+import copy
 import os
 import statistics
 import time
@@ -193,23 +194,29 @@ def test_channels_last_vae_decodes_the_same_clip(model, tmp_path):
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
-def test_the_decoders_time_upsampling_computes_diffusers_update_without_comparing_a_tensor_with_a_string(model, tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-5b"])  # the Wan2.1 VAE's shape (A14B) and the Wan2.2 VAE's (5B)
+def test_the_decoders_time_upsampling_computes_diffusers_update_without_comparing_a_tensor_with_a_string(preset):
     # diffusers marks a first chunk's cache "Rep" and tests `tensor == "Rep"`, which torch 2.11's Dynamo cannot trace:
     # the decoder then compiled in 27 pieces (tests/gpu/test_cuda.py checks it is traced whole). The update made with
-    # isinstance must be the same, chunk after chunk: the first (no cache), the second (after "Rep"), the third.
-    eager, _, _ = pipeline.build(config(model, tmp_path), CPU)
-    tuned, _, _ = pipeline.build(config(model, tmp_path, vae_decode="channels_last"), CPU)
-    modules = zip(eager.vae.decoder.modules(), tuned.vae.decoder.modules(), strict=True)
+    # isinstance must be the same, chunk after chunk: the first (no cache), one after "Rep", then cached ones, of one
+    # frame (a cached frame goes before it) and of two.
+    from diffusers import AutoencoderKLWan
+
+    original = AutoencoderKLWan(**synthetic.preset(preset).vae).eval()
+    traceable = copy.deepcopy(original)
+    vae_decode.tune_vae(traceable, "channels_last")
+    modules = zip(original.decoder.modules(), traceable.decoder.modules(), strict=True)
     pairs = [(a, b) for a, b in modules if getattr(a, "mode", "") == "upsample3d"]
     assert pairs and all(b.forward.__func__ is vae_decode._resample_traceably for _, b in pairs)
-    for original, traceable in pairs:
+    for theirs_module, ours_module in pairs:
         caches: tuple[list, list] = ([None], [None])
-        for chunk in range(3):
-            x = torch.randn(1, original.dim, 1, 4, 6, generator=torch.Generator().manual_seed(chunk))
+        for chunk, frames in enumerate((1, 1, 2, 1, 1)):
+            x = torch.randn(1, theirs_module.dim, frames, 4, 6, generator=torch.Generator().manual_seed(chunk))
+            indices: tuple[list, list] = ([0], [0])
             with torch.inference_mode():
-                ours = traceable(x, feat_cache=caches[1], feat_idx=[0])
-                theirs = type(original).forward(original, x, feat_cache=caches[0], feat_idx=[0])
-            assert torch.equal(ours, theirs)
+                theirs = type(theirs_module).forward(theirs_module, x, feat_cache=caches[0], feat_idx=indices[0])
+                ours = ours_module(x, feat_cache=caches[1], feat_idx=indices[1])
+            assert torch.equal(ours, theirs) and indices == ([1], [1])
             assert type(caches[0][0]) is type(caches[1][0])
             assert isinstance(caches[0][0], str) or torch.equal(caches[0][0], caches[1][0])
 
